@@ -1,0 +1,131 @@
+"""The public, process-level API: one default fabric connection and helpers that use it.
+
+>>> import perper_lab                                      # doctest: +SKIP
+>>> perper_lab.connect("127.0.0.1:10800")                  # doctest: +SKIP
+>>> numbers = perper_lab.from_iterable(range(10), "numbers")   # doctest: +SKIP
+>>> perper_lab.register(lambda x: x * 10, "tens", "numbers")   # doctest: +SKIP
+>>> perper_lab.stream("tens").wait_closed(30)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pandas as pd
+
+from perper_lab.errors import PerperError
+from perper_lab.fabric.client import FabricClient
+from perper_lab.runtime.registry import (
+    LEASES_CACHE,
+    STATE_CACHE,
+    WORKERS_CACHE,
+    FunctionSpec,
+    list_functions,
+    offset_key,
+    register_function,
+    status_key,
+)
+from perper_lab.streams import Stream, list_streams, open_stream
+from perper_lab.streams import from_dataframe as _from_dataframe
+from perper_lab.streams import from_iterable as _from_iterable
+
+_default: FabricClient | None = None
+
+
+def connect(address: str | None = None, timeout: float = 5.0) -> FabricClient:
+    """Connect to the fabric at ``address`` (default ``$PERPER_FABRIC`` or 127.0.0.1:10800) and use it
+    for every later call in this process."""
+    global _default
+    client = FabricClient(address, timeout=timeout)
+    if _default is not None:
+        _default.close()
+    _default = client
+    return client
+
+
+def fabric() -> FabricClient:
+    if _default is None:
+        raise PerperError("not connected to a fabric: call perper_lab.connect() or run %load_ext perper_lab")
+    return _default
+
+
+def disconnect() -> None:
+    global _default
+    if _default is not None:
+        _default.close()
+        _default = None
+
+
+def stream(name: str) -> Stream:
+    """The stream ``name`` of the current fabric."""
+    return open_stream(fabric(), name)
+
+
+def from_dataframe(df: pd.DataFrame, name: str, rate: float | None = None, partitions: int = 1,
+                   key: str | Callable[[Any], Any] | None = None) -> Stream:
+    """Replay a DataFrame's rows (as dicts) into a new stream, in the background; see streams.sources."""
+    return _from_dataframe(df, name, fabric=fabric(), rate=rate, partitions=partitions, key=key)
+
+
+def from_iterable(items: Iterable[Any], name: str, rate: float | None = None, partitions: int = 1,
+                  key: str | Callable[[Any], Any] | None = None) -> Stream:
+    """Replay any iterable into a new stream, in the background; see streams.sources."""
+    return _from_iterable(items, name, fabric=fabric(), rate=rate, partitions=partitions, key=key)
+
+
+def register(fn: Callable[..., Any], output: str, input: str, *, kind: str = "map", parallelism: int = 1,
+             on_error: str = "skip") -> FunctionSpec:
+    """Register ``fn`` to turn stream ``input`` into stream ``output`` on the fabric's workers."""
+    return register_function(fabric(), fn, output, [input], kind=kind, parallelism=parallelism,
+                             on_error=on_error)
+
+
+def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
+    """Streams, functions and workers of the fabric, each as a DataFrame."""
+    client = client or fabric()
+    now = time.time()
+    streams = []
+    for meta in sorted(list_streams(client), key=lambda m: m["name"]):
+        s = Stream(client, meta)
+        heads = s.heads()
+        streams.append({"stream": s.name, "partitions": s.partitions, "items": sum(h.items for h in heads),
+                        "closed": all(h.closed for h in heads), "producer": s.producer or ""})
+    leases = {key: json.loads(value) for key, value in client.cache(LEASES_CACHE).items()}
+    state = client.cache(STATE_CACHE)
+    functions = []
+    for spec in sorted(list_functions(client), key=lambda s: s.output):
+        source = open_stream(client, spec.inputs[0])
+        offsets = state.get_all([offset_key(spec.output, p) for p in range(source.partitions)])
+        consumed = sum(json.loads(text)["consumed"] for text in offsets.values())
+        errors = sum(json.loads(text)["errors"] for text in offsets.values())
+        failure = state.get(status_key(spec.output))
+        holders = sorted({lease["worker"] for key, lease in leases.items()
+                          if key.startswith(spec.output + "#") and lease["expires"] > now})
+        functions.append({
+            "function": spec.function_name, "output": spec.output, "input": ", ".join(spec.inputs),
+            "kind": spec.kind, "version": spec.version, "parallelism": spec.parallelism,
+            "state": json.loads(failure)["state"] if failure else spec.state,
+            "reason": json.loads(failure)["reason"] if failure else "",
+            "workers": ", ".join(holders), "lag": source.count() - consumed, "errors": errors,
+        })
+    workers = []
+    for worker_id, text in sorted(client.cache(WORKERS_CACHE).items()):
+        record = json.loads(text)
+        workers.append({"worker": worker_id, "host": record["host"], "pid": record["pid"],
+                        "heartbeat_age_s": round(now - record["heartbeat"], 1),
+                        "instances": ", ".join(record["instances"])})
+    return {"streams": pd.DataFrame(streams, columns=["stream", "partitions", "items", "closed", "producer"]),
+            "functions": pd.DataFrame(functions, columns=["function", "output", "input", "kind", "version",
+                                                          "parallelism", "state", "reason", "workers", "lag",
+                                                          "errors"]),
+            "workers": pd.DataFrame(workers, columns=["worker", "host", "pid", "heartbeat_age_s", "instances"])}
+
+
+def status_text(client: FabricClient | None = None) -> str:
+    parts = []
+    for title, frame in status(client).items():
+        parts.append(f"{title}:\n" + (frame.to_string(index=False) if len(frame) else "  (none)"))
+    return "\n\n".join(parts)

@@ -1,0 +1,201 @@
+"""The function registry: stream functions stored in the fabric as code (cloudpickle) plus source text.
+
+A function is identified by the stream it writes (one producer per stream). Registering the same code
+again changes nothing; new code becomes a new version that continues from the committed offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import cloudpickle
+
+from perper_lab.errors import FunctionNotFound, FunctionRejected, StreamError
+from perper_lab.fabric.client import FabricClient
+from perper_lab.streams import create_stream, open_stream
+from perper_lab.streams.stream import check_name
+
+FUNCTIONS_CACHE = "perper-control-functions"
+STATE_CACHE = "perper-control-state"  # committed offsets and function status
+LEASES_CACHE = "perper-control-leases"
+WORKERS_CACHE = "perper-control-workers"
+KINDS = ("map", "flat_map", "batch")
+ERROR_SUFFIX = ".errors"
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What to do when the function raises on an item: skip it, retry it, or stop the function.
+
+    Every failed item is written to the dead-letter stream ``OUTPUT.errors`` whatever the policy.
+
+    >>> ErrorPolicy.parse("retry=3")
+    ErrorPolicy(action='retry', retries=3)
+    """
+
+    action: str = "skip"
+    retries: int = 0
+
+    @classmethod
+    def parse(cls, text: str | ErrorPolicy) -> ErrorPolicy:
+        if isinstance(text, ErrorPolicy):
+            return text
+        action, _, count = str(text).partition("=")
+        if action in ("skip", "stop") and not count:
+            return cls(action)
+        if action == "retry" and count.isdigit() and int(count) > 0:
+            return cls("retry", int(count))
+        raise FunctionRejected(f"unknown error policy {text!r}: use skip, stop or retry=N (N >= 1)")
+
+    def __str__(self) -> str:
+        return f"retry={self.retries}" if self.action == "retry" else self.action
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A registered stream function, as stored in the fabric."""
+
+    output: str
+    inputs: tuple[str, ...]
+    kind: str
+    version: str
+    source: str
+    code: bytes = field(repr=False)
+    function_name: str
+    parallelism: int = 1
+    on_error: str = "skip"
+    state: str = "running"
+    created: float = 0.0
+
+    @property
+    def errors_stream(self) -> str:
+        return self.output + ERROR_SUFFIX
+
+    def load(self) -> Callable[..., Any]:
+        return cloudpickle.loads(self.code)
+
+    def encode(self) -> bytes:
+        return pickle.dumps(asdict(self), protocol=5)
+
+    @classmethod
+    def decode(cls, value: bytes) -> FunctionSpec:
+        data = pickle.loads(value)
+        data["inputs"] = tuple(data["inputs"])
+        return cls(**data)
+
+
+def function_source(fn: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return f"# source of {getattr(fn, '__qualname__', fn)!r} is not available\n"
+
+
+def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str, inputs: list[str], *,
+                      kind: str = "map", parallelism: int = 1, on_error: str = "skip",
+                      source: str | None = None) -> FunctionSpec:
+    """Register ``fn`` to read ``inputs`` and write ``output``; workers pick it up within a second.
+
+    Creates ``output`` (with the input's partitions) and its dead-letter stream ``output.errors``.
+    """
+    if not callable(fn):
+        raise FunctionRejected(f"{fn!r} is not a function")
+    if kind not in KINDS:
+        raise FunctionRejected(f"unknown function kind {kind!r}: use one of {', '.join(KINDS)}")
+    if not isinstance(parallelism, int) or parallelism < 1:
+        raise FunctionRejected(f"parallelism must be a positive integer, not {parallelism!r}")
+    policy = ErrorPolicy.parse(on_error)
+    try:
+        check_name(output)
+    except StreamError as exc:
+        raise FunctionRejected(str(exc)) from None
+    if len(inputs) != 1:
+        raise FunctionRejected(f"a {kind} function reads exactly one input stream; got {len(inputs)}")
+    source_streams = [open_stream(fabric, name) for name in inputs]
+    if output in inputs:
+        raise FunctionRejected(f"function output {output!r} is also its input; write to another stream")
+    code = _pickle_function(fn)
+    source = source if source is not None else function_source(fn)
+    version = hashlib.sha256(
+        json.dumps([source, kind, list(inputs), str(policy)]).encode()
+    ).hexdigest()[:12]
+
+    registry = fabric.cache(FUNCTIONS_CACHE)
+    existing = registry.get(output)
+    if existing is not None:
+        current = FunctionSpec.decode(existing)
+        if current.version == version and current.parallelism == parallelism and current.state == "running":
+            return current
+    else:
+        try:
+            produced = open_stream(fabric, output)
+            if produced.producer != output:
+                raise FunctionRejected(
+                    f"stream {output!r} already exists and is not written by a function; "
+                    "choose another output name"
+                )
+        except StreamError:
+            pass
+    partitions = source_streams[0].partitions
+    create_stream(fabric, output, partitions, producer=output)
+    create_stream(fabric, output + ERROR_SUFFIX, partitions, producer=output)
+    spec = FunctionSpec(output=output, inputs=tuple(inputs), kind=kind, version=version, source=source,
+                        code=code, function_name=getattr(fn, "__name__", "function"),
+                        parallelism=parallelism, on_error=str(policy), created=time.time())
+    registry.put(output, spec.encode())
+    fabric.cache(STATE_CACHE).remove_keys([status_key(output)])
+    return spec
+
+
+def _pickle_function(fn: Callable[..., Any]) -> bytes:
+    name = getattr(fn, "__name__", repr(fn))
+    try:
+        code = cloudpickle.dumps(fn)
+        cloudpickle.loads(code)
+    except Exception as exc:
+        raise FunctionRejected(
+            f"function {name!r} cannot be shipped to the workers: {type(exc).__name__}: {exc}. "
+            "It probably uses an object that cannot be pickled (an open file, a lock, a connection, "
+            "a generator); create that object inside the function instead"
+        ) from None
+    return code
+
+
+def get_function(fabric: FabricClient, output: str) -> FunctionSpec:
+    value = fabric.cache(FUNCTIONS_CACHE).get(output)
+    if value is None:
+        known = sorted(name for name, _ in fabric.cache(FUNCTIONS_CACHE).items())
+        raise FunctionNotFound(
+            f"no function writes {output!r} (registered: {', '.join(known) if known else 'none'})"
+        )
+    return FunctionSpec.decode(value)
+
+
+def list_functions(fabric: FabricClient) -> list[FunctionSpec]:
+    return [FunctionSpec.decode(value) for _, value in fabric.cache(FUNCTIONS_CACHE).items()]
+
+
+def stop_function(fabric: FabricClient, output: str) -> FunctionSpec:
+    """Stop running the function; its output stays readable. Registering it again resumes it."""
+    spec = replace(get_function(fabric, output), state="stopped")
+    fabric.cache(FUNCTIONS_CACHE).put(output, spec.encode())
+    return spec
+
+
+def status_key(output: str) -> str:
+    return f"status/{output}"
+
+
+def offset_key(output: str, partition: int) -> str:
+    return f"offset/{output}/{partition}"
+
+
+def lease_key(output: str, instance: int) -> str:
+    return f"{output}#{instance}"

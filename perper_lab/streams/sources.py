@@ -1,0 +1,87 @@
+"""Sources that replay data into a stream from the notebook process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pandas as pd
+
+from perper_lab.errors import PerperError
+from perper_lab.fabric.client import FabricClient
+from perper_lab.streams.stream import Stream, create_stream
+
+
+class ReplayedStream(Stream):
+    """A stream being filled by a background replay; :meth:`wait_closed` reports a failed replay."""
+
+    def __init__(self, stream: Stream, thread: threading.Thread) -> None:
+        super().__init__(stream.fabric, {"name": stream.name, "partitions": stream.partitions,
+                                         "producer": stream.producer})
+        self._thread = thread
+        self.error: BaseException | None = None
+
+    @property
+    def replaying(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_closed(self, timeout: float | None = None, poll: float = 0.05) -> None:
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise PerperError(f"replaying into {self.name!r} failed: {self.error}") from self.error
+        super().wait_closed(timeout, poll)
+
+
+def from_iterable(items: Iterable[Any], name: str, *, fabric: FabricClient, rate: float | None = None,
+                  partitions: int = 1, key: str | Callable[[Any], Any] | None = None,
+                  batch_size: int = 1000) -> ReplayedStream:
+    """Replay ``items`` into a new stream ``name`` in a background thread, then close it.
+
+    ``rate`` paces the replay at that many items per second (None: as fast as the fabric takes them).
+    Returns at once; the stream fills while other cells run.
+    """
+    if rate is not None and rate <= 0:
+        raise PerperError(f"rate must be a positive number of items per second or None, not {rate!r}")
+    stream = create_stream(fabric, name, partitions)
+    if stream.count() or stream.closed:
+        raise PerperError(
+            f"stream {name!r} already holds data; replay into a new name or delete it first"
+        )
+    address, timeout = fabric.address, fabric.timeout
+
+    def replay() -> None:
+        try:
+            # pyignite clients are not thread-safe: the replay thread gets its own connection.
+            with FabricClient(address, timeout=timeout) as own:
+                target = Stream(own, {"name": name, "partitions": partitions})
+                writer = target.writer(batch_size=batch_size, key=key)
+                started = time.monotonic()
+                for index, item in enumerate(items):
+                    writer.append(item)
+                    if rate is not None:
+                        lag = started + index / rate - time.monotonic()
+                        if lag > 0:
+                            writer.flush()
+                            time.sleep(lag)
+                writer.close()
+        except BaseException as exc:  # reported by ReplayedStream.wait_closed, never lost
+            handle.error = exc
+
+    thread = threading.Thread(target=replay, name=f"perper-replay-{name}", daemon=True)
+    handle = ReplayedStream(stream, thread)
+    thread.start()
+    return handle
+
+
+def from_dataframe(df: pd.DataFrame, name: str, *, fabric: FabricClient, rate: float | None = None,
+                   partitions: int = 1, key: str | Callable[[Any], Any] | None = None,
+                   batch_size: int = 1000) -> ReplayedStream:
+    """Replay the rows of ``df`` (as dicts, in order) into a new stream ``name``; see :func:`from_iterable`."""
+    if not isinstance(df, pd.DataFrame):
+        raise PerperError(f"from_dataframe needs a pandas DataFrame, not {type(df).__name__}")
+    if isinstance(key, str) and key not in df.columns:
+        raise PerperError(f"key column {key!r} is not in the DataFrame (columns: {', '.join(map(str, df.columns))})")
+    return from_iterable(df.to_dict("records"), name, fabric=fabric, rate=rate, partitions=partitions,
+                         key=key, batch_size=batch_size)

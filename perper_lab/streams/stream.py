@@ -1,0 +1,326 @@
+"""Named, partitioned, persisted streams stored as batches in the fabric.
+
+Layout (see DESIGN.md, Streams): the registry cache maps a stream name to its metadata (JSON); the
+batches cache maps ``"{stream}/{partition}/{seq}"`` to one encoded batch, with consecutive sequence
+numbers from 0, and ``"{stream}/{partition}/head"`` to the partition's counters. The last batch of a
+closed partition is the end marker. A partition has one writer at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from perper_lab.errors import StreamClosed, StreamError, StreamNotFound
+from perper_lab.fabric.client import FabricClient
+from perper_lab.streams.encoding import END_OF_PARTITION, decode_items, encode_items, is_end
+
+STREAMS_CACHE = "perper-control-streams"
+BATCHES_CACHE = "perper-data-batches"
+READ_PAGE = 32  # batches per get_all: large enough to amortise a round trip, small enough to decode fast
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
+
+
+def batch_key(stream: str, partition: int, seq: int) -> str:
+    return f"{stream}/{partition}/{seq}"
+
+
+def head_key(stream: str, partition: int) -> str:
+    return f"{stream}/{partition}/head"
+
+
+@dataclass(frozen=True)
+class Head:
+    """A partition's counters: batches written (the end marker excluded), items written, closed."""
+
+    batches: int = 0
+    items: int = 0
+    closed: bool = False
+
+    def encode(self) -> str:
+        return json.dumps({"batches": self.batches, "items": self.items, "closed": self.closed})
+
+    @classmethod
+    def decode(cls, text: str | None) -> Head:
+        return cls(**json.loads(text)) if text else cls()
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise StreamError(
+            f"invalid stream name {name!r}: use letters, digits, '_', '.' or '-', starting with a letter "
+            "or '_' (at most 200 characters)"
+        )
+    return name
+
+
+def create_stream(fabric: FabricClient, name: str, partitions: int = 1, *, producer: str | None = None,
+                  exist_ok: bool = True) -> Stream:
+    """Create a stream (or open it if it exists with the same number of partitions)."""
+    check_name(name)
+    if not isinstance(partitions, int) or partitions < 1:
+        raise StreamError(f"a stream needs at least one partition, not {partitions!r}")
+    meta = {"name": name, "partitions": partitions, "producer": producer, "created": time.time()}
+    registry = fabric.cache(STREAMS_CACHE)
+    if not registry.put_if_absent(name, json.dumps(meta)):
+        existing = open_stream(fabric, name)
+        if not exist_ok:
+            raise StreamError(f"stream {name!r} already exists")
+        if existing.partitions != partitions:
+            raise StreamError(
+                f"stream {name!r} already exists with {existing.partitions} partition(s), not {partitions}; "
+                "pick another name or delete it first"
+            )
+        return existing
+    return Stream(fabric, meta)
+
+
+def open_stream(fabric: FabricClient, name: str) -> Stream:
+    """The existing stream ``name``; :class:`StreamNotFound` names the streams that do exist."""
+    check_name(name)
+    text = fabric.cache(STREAMS_CACHE).get(name)
+    if text is None:
+        known = sorted(meta["name"] for meta in list_streams(fabric))
+        hint = f"existing streams: {', '.join(known[:20])}" if known else "the fabric has no streams yet"
+        raise StreamNotFound(f"no stream named {name!r} in the fabric at {fabric.address} ({hint})")
+    return Stream(fabric, json.loads(text))
+
+
+def list_streams(fabric: FabricClient) -> list[dict[str, Any]]:
+    return [json.loads(text) for _, text in fabric.cache(STREAMS_CACHE).items()]
+
+
+class Stream:
+    """A handle on a stream in the fabric. Cheap to create; it holds no items."""
+
+    def __init__(self, fabric: FabricClient, meta: dict[str, Any]) -> None:
+        self.fabric = fabric
+        self.name: str = meta["name"]
+        self.partitions: int = meta["partitions"]
+        self.producer: str | None = meta.get("producer")
+        self._batches = fabric.cache(BATCHES_CACHE)
+
+    def __repr__(self) -> str:
+        return f"Stream({self.name!r}, partitions={self.partitions})"
+
+    # -- counters -------------------------------------------------------------------------------
+
+    def heads(self) -> list[Head]:
+        keys = [head_key(self.name, p) for p in range(self.partitions)]
+        found = self._batches.get_all(keys)
+        return [Head.decode(found.get(key)) for key in keys]
+
+    def count(self) -> int:
+        """Items written so far, over all partitions."""
+        return sum(head.items for head in self.heads())
+
+    @property
+    def closed(self) -> bool:
+        return all(head.closed for head in self.heads())
+
+    def wait_closed(self, timeout: float | None = None, poll: float = 0.05) -> None:
+        """Block until every partition is closed (for a function's output: the pipeline has drained)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.closed:
+            if deadline is not None and time.monotonic() > deadline:
+                heads = self.heads()
+                open_parts = [p for p, head in enumerate(heads) if not head.closed]
+                raise TimeoutError(
+                    f"stream {self.name!r} was not closed within {timeout:g}s "
+                    f"({sum(h.items for h in heads)} items so far; open partitions: {open_parts})"
+                )
+            time.sleep(poll)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def writer(self, batch_size: int = 1000, linger: float = 0.05,
+               key: str | Callable[[Any], Any] | None = None) -> StreamWriter:
+        return StreamWriter(self, batch_size=batch_size, linger=linger, key=key)
+
+    def append(self, *items: Any) -> None:
+        """Append a few items and flush them (for bulk writes use :meth:`writer`)."""
+        writer = self.writer()
+        writer.extend(items)
+        writer.flush()
+
+    def close(self) -> None:
+        """Close every partition: readers finish after the items already written."""
+        self.writer().close()
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def read_batches(self, partition: int, start: int = 0, *, follow: bool = False,
+                     timeout: float | None = None) -> Iterator[tuple[int, list[Any]]]:
+        """Yield ``(seq, items)`` from batch ``start`` of ``partition`` until the end marker.
+
+        Without ``follow`` it stops at the last batch written so far; with ``follow`` it waits for new
+        batches (up to ``timeout`` seconds of silence, forever if None) until the partition is closed.
+        """
+        self._check_partition(partition)
+        seq = start
+        while True:
+            keys = [batch_key(self.name, partition, s) for s in range(seq, seq + READ_PAGE)]
+            found = self._batches.get_all(keys)
+            for key in keys:
+                value = found.get(key)
+                if value is None:
+                    break
+                if is_end(value):
+                    return
+                yield seq, decode_items(value)
+                seq += 1
+            else:
+                continue
+            if not follow:
+                return
+            if not self.wait_for_new(partition, seq, timeout):
+                raise TimeoutError(f"no new batch in {self.name!r} partition {partition} for {timeout:g}s")
+
+    def wait_for_new(self, partition: int, seq: int, timeout: float | None) -> bool:
+        """Wait until batch ``seq`` of ``partition`` exists. The one polling seam: a push can replace it."""
+        key = batch_key(self.name, partition, seq)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while self._batches.get(key) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
+
+    def __iter__(self) -> Iterator[Any]:
+        """Every item written so far, partition by partition, each partition in order."""
+        for partition in range(self.partitions):
+            for _, items in self.read_batches(partition):
+                yield from items
+
+    def to_pandas(self, start: int | None = None, stop: int | None = None) -> pd.DataFrame:
+        """Items ``start:stop`` (partition by partition) as a DataFrame; dict items become columns."""
+        items = []
+        position = 0
+        start = start or 0
+        for partition in range(self.partitions):
+            for _, batch in self.read_batches(partition):
+                end = position + len(batch)
+                if end > start:
+                    items.extend(batch[max(0, start - position):None if stop is None else stop - position])
+                position = end
+                if stop is not None and position >= stop:
+                    return to_frame(items)
+        return to_frame(items)
+
+    def head(self, n: int = 5) -> pd.DataFrame:
+        return self.to_pandas(0, n)
+
+    def tail(self, n: int = 5) -> pd.DataFrame:
+        """The last ``n`` items of the last partitions, read backwards batch by batch."""
+        heads = self.heads()
+        chunks: list[list[Any]] = []
+        wanted = n
+        for partition in reversed(range(self.partitions)):
+            for seq in reversed(range(heads[partition].batches)):
+                if wanted <= 0:
+                    break
+                value = self._batches.get(batch_key(self.name, partition, seq))
+                batch = decode_items(value) if value is not None else []
+                chunks.append(batch[-wanted:] if wanted < len(batch) else batch)
+                wanted -= len(chunks[-1])
+        return to_frame([item for chunk in reversed(chunks) for item in chunk])
+
+    def _check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self.partitions:
+            raise StreamError(f"stream {self.name!r} has partitions 0..{self.partitions - 1}, not {partition}")
+
+
+def to_frame(items: list[Any]) -> pd.DataFrame:
+    """Dict items become columns; any other items become one column named ``value``."""
+    if items and all(isinstance(item, dict) for item in items):
+        return pd.DataFrame.from_records(items)
+    return pd.DataFrame({"value": items})
+
+
+class StreamWriter:
+    """Buffers appends and writes them as batches, like a Kafka producer.
+
+    A batch is flushed when it holds ``batch_size`` items, or on the next append after ``linger``
+    seconds, or on :meth:`flush`/:meth:`close`. Items are routed to partitions round-robin, or by
+    ``key`` (a dict field name or a function of the item) so that items with one key stay in order.
+    """
+
+    def __init__(self, stream: Stream, batch_size: int = 1000, linger: float = 0.05,
+                 key: str | Callable[[Any], Any] | None = None) -> None:
+        if batch_size < 1:
+            raise StreamError(f"batch_size must be at least 1, not {batch_size}")
+        self.stream = stream
+        self.batch_size = batch_size
+        self.linger = linger
+        self._key = (lambda item: item[key]) if isinstance(key, str) else key
+        self._heads = stream.heads()
+        self._buffers: list[list[Any]] = [[] for _ in range(stream.partitions)]
+        self._oldest: float | None = None
+        self._next_partition = 0
+
+    def _route(self, item: Any) -> int:
+        if self.stream.partitions == 1:
+            return 0
+        if self._key is None:
+            partition = self._next_partition
+            self._next_partition = (partition + 1) % self.stream.partitions
+            return partition
+        # crc32, not hash(): the same key must reach the same partition from every process.
+        return zlib.crc32(repr(self._key(item)).encode()) % self.stream.partitions
+
+    def append(self, item: Any) -> None:
+        partition = self._route(item)
+        if self._heads[partition].closed:
+            raise StreamClosed(f"stream {self.stream.name!r} partition {partition} is closed")
+        buffer = self._buffers[partition]
+        buffer.append(item)
+        now = time.monotonic()
+        if self._oldest is None:
+            self._oldest = now
+        if len(buffer) >= self.batch_size or now - self._oldest >= self.linger:
+            self.flush()
+
+    def extend(self, items: Any) -> None:
+        for item in items:
+            self.append(item)
+
+    def flush(self) -> None:
+        entries: dict[str, Any] = {}
+        for partition, buffer in enumerate(self._buffers):
+            if buffer:
+                self._add_batch(entries, partition, encode_items(buffer), len(buffer))
+                self._buffers[partition] = []
+        self.stream._batches.put_all(entries)
+        self._oldest = None
+
+    def close(self) -> None:
+        """Flush, then write the end marker to every partition still open."""
+        self.flush()
+        entries: dict[str, Any] = {}
+        for partition, head in enumerate(self._heads):
+            if not head.closed:
+                entries[batch_key(self.stream.name, partition, head.batches)] = END_OF_PARTITION
+                self._heads[partition] = Head(head.batches, head.items, closed=True)
+                entries[head_key(self.stream.name, partition)] = self._heads[partition].encode()
+        self.stream._batches.put_all(entries)
+
+    def _add_batch(self, entries: dict[str, Any], partition: int, value: bytes, count: int) -> None:
+        head = self._heads[partition]
+        entries[batch_key(self.stream.name, partition, head.batches)] = value
+        self._heads[partition] = Head(head.batches + 1, head.items + count)
+        entries[head_key(self.stream.name, partition)] = self._heads[partition].encode()
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.flush()
