@@ -16,13 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from perper_lab.errors import PerperError
+from perper_lab.errors import FunctionError, PerperError
 from perper_lab.fabric.client import FabricClient
 from perper_lab.runtime.registry import (
     LEASES_CACHE,
     STATE_CACHE,
     WORKERS_CACHE,
     FunctionSpec,
+    failure,
     list_functions,
     offset_key,
     register_function,
@@ -59,9 +60,22 @@ def disconnect() -> None:
         _default = None
 
 
+class FunctionOutput(Stream):
+    """A stream written by a function: waiting on it also reports the function's failure."""
+
+    def _check_producer(self) -> None:
+        failed = failure(self.fabric, self.producer)
+        if failed:
+            raise FunctionError(f"the function writing {self.name!r} failed: {failed['reason']}")
+
+
 def stream(name: str) -> Stream:
     """The stream ``name`` of the current fabric."""
-    return open_stream(fabric(), name)
+    found = open_stream(fabric(), name)
+    if found.producer:
+        return FunctionOutput(found.fabric, {"name": found.name, "partitions": found.partitions,
+                                             "producer": found.producer})
+    return found
 
 
 def from_dataframe(df: pd.DataFrame, name: str, rate: float | None = None, partitions: int = 1,

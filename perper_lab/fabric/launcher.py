@@ -324,3 +324,20 @@ def free_port_offset(host: str = "127.0.0.1", nodes: int = 1, step: int = 10, li
             continue
         return offset
     raise FabricStartError(f"no free fabric ports on {host} in the first {limit} offsets")
+
+
+def start_on_free_ports(run_dir: Path | str, *, nodes: int = 1, attempts: int = 3, timeout: float = 120.0,
+                        **options: object) -> LocalFabric:
+    """Start a fabric on the first free port offset, trying another offset if a port was taken meanwhile.
+
+    Probing ports and binding them are two steps: another fabric (a test session, another kernel's
+    embedded fabric) may take a port in between, and the JVM then fails with "Address already in use".
+    """
+    for attempt in range(attempts):
+        fabric = LocalFabric(run_dir, nodes=nodes, port_offset=free_port_offset(nodes=nodes), **options)
+        try:
+            return fabric.start(timeout=timeout)
+        except FabricStartError as exc:
+            if "in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

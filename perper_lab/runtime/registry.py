@@ -114,6 +114,7 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
     policy = ErrorPolicy.parse(on_error)
     try:
         check_name(output)
+        check_name(output + ERROR_SUFFIX)
     except StreamError as exc:
         raise FunctionRejected(str(exc)) from None
     if len(inputs) != 1:
@@ -187,6 +188,12 @@ def stop_function(fabric: FabricClient, output: str) -> FunctionSpec:
     spec = replace(get_function(fabric, output), state="stopped")
     fabric.cache(FUNCTIONS_CACHE).put(output, spec.encode())
     return spec
+
+
+def failure(fabric: FabricClient, output: str) -> dict[str, Any] | None:
+    """Why the function writing ``output`` failed (reason, traceback, item), or None if it did not."""
+    text = fabric.cache(STATE_CACHE).get(status_key(output))
+    return json.loads(text) if text else None
 
 
 def status_key(output: str) -> str:

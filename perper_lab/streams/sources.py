@@ -28,10 +28,12 @@ class ReplayedStream(Stream):
         return self._thread.is_alive()
 
     def wait_closed(self, timeout: float | None = None, poll: float = 0.05) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._thread.join(timeout)
         if self.error is not None:
             raise PerperError(f"replaying into {self.name!r} failed: {self.error}") from self.error
-        super().wait_closed(timeout, poll)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        super().wait_closed(remaining, poll)
 
 
 def from_iterable(items: Iterable[Any], name: str, *, fabric: FabricClient, rate: float | None = None,

@@ -129,6 +129,7 @@ class Stream:
         """Block until every partition is closed (for a function's output: the pipeline has drained)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.closed:
+            self._check_producer()
             if deadline is not None and time.monotonic() > deadline:
                 heads = self.heads()
                 open_parts = [p for p, head in enumerate(heads) if not head.closed]
@@ -137,6 +138,9 @@ class Stream:
                     f"({sum(h.items for h in heads)} items so far; open partitions: {open_parts})"
                 )
             time.sleep(poll)
+
+    def _check_producer(self) -> None:
+        """Raise if whatever fills this stream has failed (overridden where that can be known)."""
 
     # -- writing --------------------------------------------------------------------------------
 

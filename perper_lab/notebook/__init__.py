@@ -1,0 +1,1 @@
+"""The notebook layer: IPython extension, magics and live views."""

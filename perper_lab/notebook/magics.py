@@ -1,0 +1,131 @@
+"""``%%perper_stream`` and ``%perper``: stream functions from notebook cells."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from perper_lab import api
+from perper_lab.errors import PerperError
+from perper_lab.notebook.view import StreamView
+from perper_lab.runtime.registry import register_function, stop_function
+from perper_lab.streams import open_stream
+
+
+def defined_functions(cell: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The functions a cell defines at top level."""
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError:
+        return []  # the cell's own execution reports the syntax error with IPython's usual display
+    return [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+@magics_class
+class PerperMagics(Magics):
+    @no_var_expand
+    @magic_arguments()
+    @argument("output", help="name of the stream the function writes")
+    @argument("--input", "-i", required=True, help="name of the stream the function reads")
+    @argument("--parallelism", "-p", type=int, default=1, help="instances running in parallel (default 1)")
+    @argument("--batch", action="store_true", help="the function takes and returns a pandas DataFrame per batch")
+    @argument("--on-error", default="skip", help="skip (default), stop or retry=N")
+    @cell_magic("perper_stream")
+    def perper_stream(self, line: str, cell: str) -> StreamView:
+        """Run the one function this cell defines on every item of INPUT, writing OUTPUT.
+
+        A plain function is a map (return None to drop the item); a generator function may yield any
+        number of items per input item; with --batch the function maps a DataFrame to a DataFrame.
+        The cell returns at once with a live view of OUTPUT.
+        """
+        args = _parse(self.perper_stream, line)
+        functions = defined_functions(cell)
+        if len(functions) != 1:
+            found = ", ".join(f.name for f in functions) or "none"
+            raise UsageError(f"a %%perper_stream cell must define exactly one function; found {len(functions)} "
+                             f"({found})")
+        result = self.shell.run_cell(cell, store_history=False)
+        if not result.success:
+            raise UsageError(f"the cell failed, so {functions[0].name!r} was not registered (see the error above)")
+        fn = self.shell.user_ns[functions[0].name]
+        kind = "batch" if args.batch else "flat_map" if inspect.isgeneratorfunction(fn) else "map"
+        try:
+            fabric = api.fabric()
+            spec = register_function(fabric, fn, args.output, [args.input], kind=kind,
+                                     parallelism=args.parallelism, on_error=args.on_error,
+                                     source=ast.get_source_segment(cell, functions[0]))
+            view = StreamView(open_stream(fabric, spec.output), errors=open_stream(fabric, spec.errors_stream))
+        except PerperError as exc:
+            raise UsageError(str(exc)) from None
+        _remember(view)
+        return view
+
+    @no_var_expand
+    @line_magic("perper")
+    def perper(self, line: str) -> object:
+        """%perper status | stop OUTPUT | workers N | fabric | show STREAM"""
+        words = shlex.split(line)
+        command, rest = (words[0], words[1:]) if words else ("", [])
+        try:
+            if command == "status" and not rest:
+                return _StatusDisplay(api.status())
+            if command == "stop" and len(rest) == 1:
+                stop_function(api.fabric(), rest[0])
+                return f"stopped {rest[0]!r}; its output stays readable"
+            if command == "workers" and len(rest) == 1 and rest[0].isdigit():
+                return _scale_workers(int(rest[0]))
+            if command == "fabric" and not rest:
+                from perper_lab.notebook.extension import current_session
+
+                session = current_session()
+                return session.describe() if session else f"connected to {api.fabric().address}"
+            if command == "show" and len(rest) == 1:
+                return StreamView(open_stream(api.fabric(), rest[0]))
+        except PerperError as exc:
+            raise UsageError(str(exc)) from None
+        raise UsageError(f"unknown %perper command {line!r}; "
+                         "use: status | stop OUTPUT | workers N | fabric | show STREAM")
+
+
+def _parse(magic: object, line: str):  # noqa: ANN202 - argparse.Namespace
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as exc:
+        raise UsageError(f"%%perper_stream {line}: {exc}") from None
+
+
+def _scale_workers(count: int) -> str:
+    from perper_lab.notebook.extension import current_session
+
+    session = current_session()
+    if session is None or session.pool is None:
+        raise PerperError("%perper workers scales the local worker pool of the embedded fabric; with "
+                          "PERPER_FABRIC, start workers with `perper-lab worker --fabric ...`")
+    session.pool.scale(count)
+    return f"{count} local worker(s) running"
+
+
+def _remember(view: StreamView) -> None:
+    from perper_lab.notebook.extension import current_session
+
+    session = current_session()
+    if session is not None:
+        session.views[:] = [v for v in session.views if v.running] + [view]
+
+
+class _StatusDisplay:
+    """Shows the three status tables one under the other."""
+
+    def __init__(self, tables: dict) -> None:
+        self.tables = tables
+
+    def _repr_html_(self) -> str:
+        return "".join(f"<h4>{name}</h4>{frame.to_html(index=False)}" for name, frame in self.tables.items())
+
+    def __repr__(self) -> str:
+        return "\n\n".join(f"{name}:\n{frame.to_string(index=False)}" for name, frame in self.tables.items())

@@ -1,0 +1,121 @@
+"""The live view of a stream: throughput chart, counters and the latest items as a table.
+
+One background "pump" thread per view reads the stream's counters from the fabric and updates the
+widgets. Widget messages sent from a thread reach the browser even while another cell is busy (an
+asyncio task on the kernel loop would be held until that cell ends). The pump never prints: thread
+output would land in whichever cell runs next.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+from bokeh.models import ColumnDataSource
+from bokeh.plotting import figure
+from jupyter_bokeh.widgets import BokehModel
+
+from perper_lab.errors import PerperError
+from perper_lab.fabric.client import FabricClient
+from perper_lab.streams import Stream
+
+CHART_SECONDS = 60
+
+
+class StreamView(widgets.VBox):
+    """A live view of ``stream``; updates ``rate`` times a second until the stream is closed.
+
+    ``errors`` is the function's dead-letter stream, if the stream is a function's output.
+    """
+
+    def __init__(self, stream: Stream, *, errors: Stream | None = None, rows: int = 10, rate: float = 2.0) -> None:
+        self.stream = stream
+        self.errors = errors
+        self.rows = rows
+        self.period = 1.0 / rate
+        self.title = widgets.HTML(f"<b>{html.escape(stream.name)}</b> &nbsp;<i>starting…</i>")
+        self.counters = widgets.HTML("")
+        self.table = widgets.Output()
+        self.last_error = widgets.Output()
+        self.source = ColumnDataSource({"t": [], "rate": []})
+        chart = figure(height=180, sizing_mode="stretch_width", x_axis_label="seconds",
+                       y_axis_label="items/s", toolbar_location=None, title="throughput")
+        chart.line("t", "rate", source=self.source, line_width=2)
+        self.chart = BokehModel(chart)
+        super().__init__([self.title, self.counters, self.chart, self.table, self.last_error])
+        self._stop = threading.Event()
+        self.updates = 0
+        self._thread = threading.Thread(target=self._pump, name=f"perper-view-{stream.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop updating (the widgets keep their last state)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
+
+    def _pump(self) -> None:
+        started = time.monotonic()
+        previous: tuple[float, int] | None = None
+        last_table = 0.0
+        try:
+            # pyignite clients are not thread-safe: the pump has its own connection.
+            with FabricClient(self.stream.fabric.address, timeout=self.stream.fabric.timeout) as fabric:
+                stream = Stream(fabric, {"name": self.stream.name, "partitions": self.stream.partitions})
+                errors = Stream(fabric, {"name": self.errors.name, "partitions": self.errors.partitions}) \
+                    if self.errors else None
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    heads = stream.heads()
+                    count = sum(h.items for h in heads)
+                    closed = all(h.closed for h in heads)
+                    error_count = errors.count() if errors else 0
+                    rate = (count - previous[1]) / (now - previous[0]) if previous else 0.0
+                    previous = (now, count)
+                    self.source.stream({"t": [round(now - started, 2)], "rate": [rate]},
+                                       rollover=int(CHART_SECONDS / self.period))
+                    with self.counters.hold_sync():
+                        self.counters.value = _counters_html(count, rate, error_count, closed)
+                    if closed or now - last_table >= 1.0:
+                        self._show_table(stream.tail(self.rows))
+                        if errors and error_count:
+                            self._show_last_error(errors.tail(1))
+                        last_table = now
+                    self.title.value = f"<b>{html.escape(stream.name)}</b> &nbsp;" + (
+                        "<i>closed</i>" if closed else "<i>live</i>")
+                    self.updates += 1
+                    if closed:
+                        return
+                    self._stop.wait(self.period)
+        except PerperError as exc:
+            self.title.value = (f"<b>{html.escape(self.stream.name)}</b> &nbsp;"
+                                f"<i>view stopped: {html.escape(str(exc))}</i>")
+
+    def _show_table(self, frame: pd.DataFrame) -> None:
+        self.table.outputs = (_display_data(frame),)
+
+    def _show_last_error(self, frame: pd.DataFrame) -> None:
+        record = frame.iloc[-1].to_dict()
+        text = f"last error: {record.get('error')}: {record.get('message')}\n{record.get('traceback', '')}"
+        self.last_error.outputs = ({"output_type": "stream", "name": "stderr", "text": text},)
+
+
+def _counters_html(count: int, rate: float, errors: int, closed: bool) -> str:
+    cells = [("items", f"{count:,}"), ("items/s", f"{rate:,.0f}"), ("errors", f"{errors:,}"),
+             ("state", "closed" if closed else "live")]
+    return " &nbsp; ".join(f"{name}: <b>{value}</b>" for name, value in cells)
+
+
+def _display_data(frame: pd.DataFrame) -> dict[str, Any]:
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/html": frame.to_html(max_rows=50), "text/plain": frame.to_string(max_rows=50)}}

@@ -1,0 +1,177 @@
+"""Stream functions run end to end by a real worker process against the real fabric.
+
+The functions are defined inside the tests on purpose: cloudpickle ships nested functions by value,
+whereas a module-level function of this test module would be pickled by reference to a module that
+the worker process cannot import.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from perper_lab.errors import FunctionNotFound, FunctionRejected, StreamNotFound
+from perper_lab.runtime import get_function, register_function
+from perper_lab.runtime.registry import STATE_CACHE, status_key
+from perper_lab.streams import Stream, create_stream, open_stream
+
+
+def fill(client, name: str, items: list, partitions: int = 1, batch_size: int = 100) -> Stream:
+    stream = create_stream(client, name, partitions)
+    writer = stream.writer(batch_size=batch_size)
+    writer.extend(items)
+    writer.close()
+    return stream
+
+
+def wait_output(client, workers, output: str, timeout: float = 60.0) -> Stream:
+    """The output stream once the function has drained its input; on a timeout, say why."""
+    stream = open_stream(client, output)
+    try:
+        stream.wait_closed(timeout)
+    except TimeoutError as exc:
+        failure = client.cache(STATE_CACHE).get(status_key(output))
+        logs = "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in sorted(Path(workers.log_dir).glob("*.log")))
+        raise AssertionError(f"{exc}\nfunction status: {failure}\nworkers alive: {workers.pids}\n{logs}") from None
+    return stream
+
+
+def test_map_function_runs_end_to_end_through_a_worker(client, workers, unique_name):
+    source = fill(client, unique_name("in"), list(range(2000)), partitions=2, batch_size=64)
+
+    def triple_unless_multiple_of_five(x):
+        return None if x % 5 == 0 else {"x": x, "tripled": x * 3}
+
+    output = unique_name("out")
+    spec = register_function(client, triple_unless_multiple_of_five, output, [source.name])
+    result = wait_output(client, workers, output)
+
+    assert spec.function_name == "triple_unless_multiple_of_five"
+    assert result.partitions == source.partitions
+    expected_per_partition = [[triple_unless_multiple_of_five(x) for _, batch in source.read_batches(p)
+                               for x in batch if x % 5] for p in range(source.partitions)]
+    for partition, expected in enumerate(expected_per_partition):
+        got = [item for _, batch in result.read_batches(partition) for item in batch]
+        assert got == expected, f"partition {partition} differs"
+    expected_all = [triple_unless_multiple_of_five(x) for x in range(2000) if x % 5]
+    assert sorted(result, key=lambda item: item["x"]) == expected_all
+    assert result.count() == 1600  # None dropped every fifth item
+    assert list(open_stream(client, output + ".errors")) == []
+
+
+def test_exceptions_go_to_the_errors_stream_and_other_items_to_the_output(client, workers, unique_name):
+    source = fill(client, unique_name("in"), list(range(300)), batch_size=50)
+
+    def inverse_of_distance_to_hundred(x):
+        if x % 7 == 0:
+            raise ValueError(f"seven divides {x}")
+        return 1 / (x - 100)  # ZeroDivisionError at 100
+
+    output = unique_name("out")
+    register_function(client, inverse_of_distance_to_hundred, output, [source.name])
+    result = wait_output(client, workers, output)
+    errors = wait_output(client, workers, output + ".errors")
+
+    failing = [x for x in range(300) if x % 7 == 0 or x == 100]
+    assert list(result) == [1 / (x - 100) for x in range(300) if x not in failing]
+    records = list(errors)
+    assert [record["item"] for record in records] == failing
+    for record in records:
+        assert {"error", "message", "traceback", "item"} <= set(record)
+        if record["item"] == 100:
+            assert record["error"] == "ZeroDivisionError"
+            assert "division by zero" in record["message"]
+        else:
+            assert record["error"] == "ValueError"
+            assert record["message"] == f"seven divides {record['item']}"
+        assert record["error"] in record["traceback"]
+        assert "inverse_of_distance_to_hundred" in record["traceback"]
+        assert record["function"] == "inverse_of_distance_to_hundred"
+    assert set(errors.to_pandas().columns) >= {"error", "message", "traceback", "item"}
+
+
+def test_registering_on_a_missing_input_raises_stream_not_found_with_a_clear_message(client, unique_name):
+    missing = unique_name("no_such_input")
+    output = unique_name("out")
+
+    with pytest.raises(StreamNotFound) as caught:
+        register_function(client, lambda x: x, output, [missing])
+
+    message = str(caught.value)
+    assert f"no stream named {missing!r}" in message
+    assert client.address in message
+    assert "existing streams" in message or "no streams yet" in message
+    with pytest.raises(StreamNotFound):  # a failed registration leaves no output stream behind
+        open_stream(client, output)
+    with pytest.raises(FunctionNotFound):
+        get_function(client, output)
+
+
+def test_unpicklable_function_is_rejected(client, unique_name):
+    source = fill(client, unique_name("in"), [1, 2, 3])
+    lock = threading.Lock()
+
+    def guarded(x):
+        with lock:
+            return x
+
+    output = unique_name("out")
+    with pytest.raises(FunctionRejected) as caught:
+        register_function(client, guarded, output, [source.name])
+
+    message = str(caught.value)
+    assert "'guarded' cannot be shipped to the workers" in message
+    assert "lock" in message.lower()
+    with pytest.raises(FunctionNotFound):
+        get_function(client, output)
+
+
+def test_a_stream_not_written_by_a_function_is_rejected_as_output(client, unique_name):
+    source = fill(client, unique_name("in"), [1, 2, 3])
+    plain = create_stream(client, unique_name("plain"))
+    plain.append("kept")
+
+    with pytest.raises(FunctionRejected, match="not written by a function"):
+        register_function(client, lambda x: x, plain.name, [source.name])
+    with pytest.raises(FunctionRejected, match="also its input"):
+        register_function(client, lambda x: x, source.name, [source.name])
+    assert list(plain) == ["kept"]
+
+
+def test_registering_the_same_function_twice_returns_the_same_version(client, workers, unique_name):
+    source = fill(client, unique_name("in"), list(range(50)))
+
+    def add_one(x):
+        return x + 1
+
+    output = unique_name("out")
+    first = register_function(client, add_one, output, [source.name])
+    second = register_function(client, add_one, output, [source.name])
+
+    assert second.version == first.version
+    assert second.created == first.created  # the stored spec was kept, not rewritten
+    assert get_function(client, output).version == first.version
+    assert list(wait_output(client, workers, output)) == list(range(1, 51))
+    third = register_function(client, add_one, output, [source.name])
+    assert third.version == first.version
+
+    def add_two(x):
+        return x + 2
+
+    assert register_function(client, add_two, output, [source.name]).version != first.version
+
+
+def test_function_status_is_not_failed_after_a_clean_run(client, workers, unique_name):
+    source = fill(client, unique_name("in"), ["a", "bb", "ccc"])
+
+    def length(text):
+        return len(text)
+
+    output = unique_name("out")
+    register_function(client, length, output, [source.name])
+    assert list(wait_output(client, workers, output)) == [1, 2, 3]
+    failure = client.cache(STATE_CACHE).get(status_key(output))
+    assert failure is None, json.loads(failure)
