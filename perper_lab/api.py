@@ -90,11 +90,15 @@ def from_iterable(items: Iterable[Any], name: str, rate: float | None = None, pa
     return _from_iterable(items, name, fabric=fabric(), rate=rate, partitions=partitions, key=key)
 
 
-def register(fn: Callable[..., Any], output: str, input: str, *, kind: str = "map", parallelism: int = 1,
-             on_error: str = "skip") -> FunctionSpec:
-    """Register ``fn`` to turn stream ``input`` into stream ``output`` on the fabric's workers."""
-    return register_function(fabric(), fn, output, [input], kind=kind, parallelism=parallelism,
-                             on_error=on_error)
+def register(fn: Callable[..., Any], output: str, input: str | list[str] | None = None, *, kind: str = "map",
+             parallelism: int = 1, on_error: str = "skip", partitions: int = 1) -> FunctionSpec:
+    """Register ``fn`` to turn stream(s) ``input`` into stream ``output`` on the fabric's workers.
+
+    ``kind`` is map (default), flat_map, batch, or source (no input; ``partitions`` output partitions).
+    """
+    inputs = [] if input is None else [input] if isinstance(input, str) else list(input)
+    return register_function(fabric(), fn, output, inputs, kind=kind, parallelism=parallelism,
+                             on_error=on_error, partitions=partitions)
 
 
 def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
@@ -111,8 +115,9 @@ def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
     state = client.cache(STATE_CACHE)
     functions = []
     for spec in sorted(list_functions(client), key=lambda s: s.output):
-        source = open_stream(client, spec.inputs[0])
-        offsets = state.get_all([offset_key(spec.output, p) for p in range(source.partitions)])
+        output = open_stream(client, spec.output)
+        offsets = state.get_all([offset_key(spec.output, q) for q in range(output.partitions)])
+        offered = sum(open_stream(client, name).count() for name in spec.inputs)
         consumed = sum(json.loads(text)["consumed"] for text in offsets.values())
         errors = sum(json.loads(text)["errors"] for text in offsets.values())
         failure = state.get(status_key(spec.output))
@@ -123,7 +128,7 @@ def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
             "kind": spec.kind, "version": spec.version, "parallelism": spec.parallelism,
             "state": json.loads(failure)["state"] if failure else spec.state,
             "reason": json.loads(failure)["reason"] if failure else "",
-            "workers": ", ".join(holders), "lag": source.count() - consumed, "errors": errors,
+            "workers": ", ".join(holders), "lag": offered - consumed if spec.inputs else 0, "errors": errors,
         })
     workers = []
     for worker_id, text in sorted(client.cache(WORKERS_CACHE).items()):

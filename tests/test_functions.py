@@ -175,3 +175,80 @@ def test_function_status_is_not_failed_after_a_clean_run(client, workers, unique
     assert list(wait_output(client, workers, output)) == [1, 2, 3]
     failure = client.cache(STATE_CACHE).get(status_key(output))
     assert failure is None, json.loads(failure)
+
+
+def items_of(stream: Stream, partition: int) -> list:
+    return [item for _, batch in stream.read_batches(partition) for item in batch]
+
+
+def test_merge_gives_each_input_partition_its_own_output_partition_in_order(client, workers, unique_name):
+    left = fill(client, unique_name("left"), [("L", i) for i in range(500)], partitions=2, batch_size=32)
+    right = fill(client, unique_name("right"), [("R", i) for i in range(300)], batch_size=32)
+
+    def tag(item):
+        return (item[0].lower(), item[1])
+
+    output = unique_name("merged")
+    register_function(client, tag, output, [left.name, right.name], parallelism=2)
+    merged = wait_output(client, workers, output)
+
+    assert merged.partitions == 3  # left's 2 partitions, then right's 1
+    assert items_of(merged, 0) == [tag(x) for x in items_of(left, 0)]
+    assert items_of(merged, 1) == [tag(x) for x in items_of(left, 1)]
+    assert items_of(merged, 2) == [tag(x) for x in items_of(right, 0)]
+
+
+def test_source_function_writes_its_items_over_partitions_and_closes(client, workers, unique_name):
+    def countdown():
+        yield from range(2500, 0, -1)
+
+    output = unique_name("src")
+    register_function(client, countdown, output, [], kind="source", partitions=2)
+    stream = wait_output(client, workers, output)
+
+    assert stream.partitions == 2 and stream.count() == 2500
+    by_batch = sorted((seq * 2 + p, batch) for p in range(2) for seq, batch in stream.read_batches(p))
+    assert [x for _, batch in by_batch for x in batch] == list(range(2500, 0, -1))
+
+
+def test_seed_style_main_gets_a_context_with_stream_and_position(client, workers, unique_name):
+    source = fill(client, unique_name("in"), [1, 2, 3, 4], batch_size=2)
+
+    def main(context, data):
+        context.logger.info("item %s at %s", data, context.position)
+        return {"value": data * 10, "stream": context.stream, "position": context.position}
+
+    output = unique_name("out")
+    spec = register_function(client, main, output, [source.name])
+    result = list(wait_output(client, workers, output))
+
+    assert spec.convention == "context"
+    assert [r["value"] for r in result] == [10, 20, 30, 40]
+    assert {r["stream"] for r in result} == {source.name}
+    assert [r["position"] for r in result] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
+
+
+def test_batch_function_maps_each_batch_as_a_dataframe(client, workers, unique_name):
+    source = fill(client, unique_name("in"), [{"carrier": c, "delay": d} for c, d in
+                                               [("AA", 5), ("UA", 70), ("AA", 90), ("B6", 61)] * 50])
+
+    def late(df):
+        return df[df["delay"] > 60].assign(hours=lambda d: d["delay"] / 60)
+
+    output = unique_name("out")
+    register_function(client, late, output, [source.name], kind="batch")
+    frame = wait_output(client, workers, output).to_pandas()
+
+    assert len(frame) == 150 and set(frame["carrier"]) == {"UA", "AA", "B6"}
+    assert (frame["hours"] == frame["delay"] / 60).all()
+
+
+@pytest.mark.parametrize("fn, kind, message", [
+    (lambda a, b: a, "map", r"takes one argument \(the item\).*takes 2: \(a, b\)"),
+    (lambda: 1, "map", "takes 0"),
+    (lambda x: iter([x]), "source", "a source function takes no arguments"),
+])
+def test_a_function_with_the_wrong_arguments_is_rejected(client, unique_name, fn, kind, message):
+    inputs = [] if kind == "source" else [fill(client, unique_name("in"), [1]).name]
+    with pytest.raises(FunctionRejected, match=message):
+        register_function(client, fn, unique_name("out"), inputs, kind=kind)

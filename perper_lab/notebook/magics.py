@@ -31,19 +31,29 @@ class PerperMagics(Magics):
     @no_var_expand
     @magic_arguments()
     @argument("output", help="name of the stream the function writes")
-    @argument("--input", "-i", required=True, help="name of the stream the function reads")
+    @argument("--input", "-i", nargs="+", action="extend", default=[], metavar="STREAM",
+              help="the stream(s) the function reads (several: a merge)")
     @argument("--parallelism", "-p", type=int, default=1, help="instances running in parallel (default 1)")
+    @argument("--partitions", type=int, default=1, help="output partitions of a --source (default 1)")
     @argument("--batch", action="store_true", help="the function takes and returns a pandas DataFrame per batch")
+    @argument("--source", action="store_true", help="the function takes no input and yields the stream's items")
     @argument("--on-error", default="skip", help="skip (default), stop or retry=N")
     @cell_magic("perper_stream")
     def perper_stream(self, line: str, cell: str) -> StreamView:
-        """Run the one function this cell defines on every item of INPUT, writing OUTPUT.
+        """Run the one function this cell defines on every item of the input stream(s), writing OUTPUT.
 
         A plain function is a map (return None to drop the item); a generator function may yield any
-        number of items per input item; with --batch the function maps a DataFrame to a DataFrame.
+        number of items per input item; with --batch the function maps a DataFrame to a DataFrame;
+        with --source it takes no argument and yields the items of OUTPUT. The seed's style,
+        ``def main(context, data)``, is a map whose context tells the stream and position.
         The cell returns at once with a live view of OUTPUT.
         """
         args = _parse(self.perper_stream, line)
+        if args.source == bool(args.input):
+            raise UsageError("%%perper_stream needs --input STREAM [STREAM ...], or --source for a function "
+                             "that takes no input")
+        if args.source and args.batch:
+            raise UsageError("--source and --batch exclude each other")
         functions = defined_functions(cell)
         if len(functions) != 1:
             found = ", ".join(f.name for f in functions) or "none"
@@ -53,12 +63,13 @@ class PerperMagics(Magics):
         if not result.success:
             raise UsageError(f"the cell failed, so {functions[0].name!r} was not registered (see the error above)")
         fn = self.shell.user_ns[functions[0].name]
-        kind = "batch" if args.batch else "flat_map" if inspect.isgeneratorfunction(fn) else "map"
+        kind = ("source" if args.source else "batch" if args.batch
+                else "flat_map" if inspect.isgeneratorfunction(fn) else "map")
         try:
             fabric = api.fabric()
-            spec = register_function(fabric, fn, args.output, [args.input], kind=kind,
+            spec = register_function(fabric, fn, args.output, args.input, kind=kind,
                                      parallelism=args.parallelism, on_error=args.on_error,
-                                     source=ast.get_source_segment(cell, functions[0]))
+                                     partitions=args.partitions, source=ast.get_source_segment(cell, functions[0]))
             view = StreamView(open_stream(fabric, spec.output), errors=open_stream(fabric, spec.errors_stream))
         except PerperError as exc:
             raise UsageError(str(exc)) from None

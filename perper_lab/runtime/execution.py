@@ -6,6 +6,7 @@ exactly-once are written once for all of them.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,35 +32,40 @@ class BatchResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _map(fn: Callable[[Any], Any], item: Any, out: list[Any]) -> None:
-    value = fn(item)
-    if value is not None:
-        out.append(value)
+@dataclass(frozen=True)
+class StreamContext:
+    """What a seed-style function ``main(context, data)`` is told about the item it is given."""
+
+    stream: str
+    partition: int
+    batch: int
+    index: int
+    function: str
+    logger: logging.Logger
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        return self.partition, self.batch, self.index
 
 
-def _flat_map(fn: Callable[[Any], Any], item: Any, out: list[Any]) -> None:
-    produced = fn(item)
-    if produced is not None:
-        out.extend(produced)
-
-
-PER_ITEM = {"map": _map, "flat_map": _flat_map}
-
-
-def run_batch(spec: FunctionSpec, fn: Callable[..., Any], items: list[Any],
+def run_batch(spec: FunctionSpec, fn: Callable[..., Any], items: list[Any], stream: str,
               position: tuple[int, int]) -> BatchResult:
-    """Apply ``fn`` to one input batch at ``position`` = (partition, seq), honouring the error policy."""
+    """Apply ``fn`` to one batch of ``stream`` at ``position`` = (partition, seq), per the error policy."""
     policy = ErrorPolicy.parse(spec.on_error)
     result = BatchResult()
     if spec.kind == "batch":
         _run_vectorised(spec, fn, items, position, policy, result)
         return result
-    apply = PER_ITEM[spec.kind]
+    logger = logging.getLogger(f"perper_lab.function.{spec.output}")
     for index, item in enumerate(items):
         for attempt in range(policy.retries + 1):
-            produced: list[Any] = []
             try:
-                apply(fn, item, produced)
+                if spec.convention == "context":
+                    produced = fn(StreamContext(stream, *position, index, spec.function_name, logger), item)
+                else:
+                    produced = fn(item)
+                if spec.kind == "flat_map":
+                    produced = list(produced) if produced is not None else []
             except Exception as exc:
                 if attempt < policy.retries:
                     continue
@@ -68,7 +74,10 @@ def run_batch(spec: FunctionSpec, fn: Callable[..., Any], items: list[Any],
                     raise FunctionStopped(record) from exc
                 result.errors.append(record)
             else:
-                result.outputs.extend(produced)
+                if spec.kind == "flat_map":
+                    result.outputs.extend(produced)
+                elif produced is not None:
+                    result.outputs.append(produced)
             break
     return result
 

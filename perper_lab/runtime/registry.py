@@ -26,7 +26,7 @@ FUNCTIONS_CACHE = "perper-control-functions"
 STATE_CACHE = "perper-control-state"  # committed offsets and function status
 LEASES_CACHE = "perper-control-leases"
 WORKERS_CACHE = "perper-control-workers"
-KINDS = ("map", "flat_map", "batch")
+KINDS = ("map", "flat_map", "batch", "source")
 ERROR_SUFFIX = ".errors"
 
 
@@ -69,6 +69,7 @@ class FunctionSpec:
     source: str
     code: bytes = field(repr=False)
     function_name: str
+    convention: str = "item"  # "item": f(item); "context": the seed's f(context, data)
     parallelism: int = 1
     on_error: str = "skip"
     state: str = "running"
@@ -100,10 +101,13 @@ def function_source(fn: Callable[..., Any]) -> str:
 
 def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str, inputs: list[str], *,
                       kind: str = "map", parallelism: int = 1, on_error: str = "skip",
-                      source: str | None = None) -> FunctionSpec:
+                      source: str | None = None, partitions: int = 1) -> FunctionSpec:
     """Register ``fn`` to read ``inputs`` and write ``output``; workers pick it up within a second.
 
-    Creates ``output`` (with the input's partitions) and its dead-letter stream ``output.errors``.
+    Creates ``output`` and its dead-letter stream ``output.errors``. Input partition p of the j-th
+    input becomes output partition (partitions of the inputs before j) + p, so that every output
+    partition has one writer and keeps its input's order. A source reads nothing and writes
+    ``partitions`` partitions from one instance.
     """
     if not callable(fn):
         raise FunctionRejected(f"{fn!r} is not a function")
@@ -117,15 +121,24 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
         check_name(output + ERROR_SUFFIX)
     except StreamError as exc:
         raise FunctionRejected(str(exc)) from None
-    if len(inputs) != 1:
-        raise FunctionRejected(f"a {kind} function reads exactly one input stream; got {len(inputs)}")
-    source_streams = [open_stream(fabric, name) for name in inputs]
+    inputs = list(inputs)
+    if kind == "source":
+        if inputs:
+            raise FunctionRejected(f"a source function reads no input stream; got {', '.join(inputs)}")
+        if parallelism != 1:
+            raise FunctionRejected("a source function runs as one instance (parallelism 1)")
+    elif not inputs:
+        raise FunctionRejected(f"a {kind} function needs at least one input stream")
+    if len(set(inputs)) != len(inputs):
+        raise FunctionRejected(f"an input stream is named twice: {', '.join(inputs)}")
     if output in inputs:
         raise FunctionRejected(f"function output {output!r} is also its input; write to another stream")
+    source_streams = [open_stream(fabric, name) for name in inputs]
+    convention = calling_convention(fn, kind)
     code = _pickle_function(fn)
     source = source if source is not None else function_source(fn)
     version = hashlib.sha256(
-        json.dumps([source, kind, list(inputs), str(policy)]).encode()
+        json.dumps([source, kind, inputs, str(policy)]).encode()
     ).hexdigest()[:12]
 
     registry = fabric.cache(FUNCTIONS_CACHE)
@@ -144,15 +157,42 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
                 )
         except StreamError:
             pass
-    partitions = source_streams[0].partitions
-    create_stream(fabric, output, partitions, producer=output)
-    create_stream(fabric, output + ERROR_SUFFIX, partitions, producer=output)
+    out_partitions = sum(s.partitions for s in source_streams) if source_streams else partitions
+    try:
+        create_stream(fabric, output, out_partitions, producer=output)
+        create_stream(fabric, output + ERROR_SUFFIX, out_partitions, producer=output)
+    except StreamError as exc:
+        raise FunctionRejected(f"{exc} (the new inputs give {out_partitions} output partitions)") from None
     spec = FunctionSpec(output=output, inputs=tuple(inputs), kind=kind, version=version, source=source,
-                        code=code, function_name=getattr(fn, "__name__", "function"),
+                        code=code, function_name=getattr(fn, "__name__", "function"), convention=convention,
                         parallelism=parallelism, on_error=str(policy), created=time.time())
     registry.put(output, spec.encode())
     fabric.cache(STATE_CACHE).remove_keys([status_key(output)])
     return spec
+
+
+def calling_convention(fn: Callable[..., Any], kind: str) -> str:
+    """How workers call ``fn``: with the item, or as the seed's ``main(context, data)``."""
+    name = getattr(fn, "__name__", "the function")
+    try:
+        parameters = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        return "item"  # builtins and some callables have no signature: call them with the item
+    names = [p.name for p in parameters]
+    if kind == "source":
+        if names:
+            raise FunctionRejected(f"a source function takes no arguments; {name} takes {', '.join(names)}")
+        return "item"
+    if len(names) == 2 and names[0] == "context" and kind != "batch":
+        return "context"
+    if len(names) != 1:
+        wanted = "a DataFrame" if kind == "batch" else "the item"
+        raise FunctionRejected(
+            f"a {kind} function takes one argument ({wanted}), or (context, data) in the seed's style; "
+            f"{name} takes {len(names)}: ({', '.join(names)})"
+        )
+    return "item"
 
 
 def _pickle_function(fn: Callable[..., Any]) -> bytes:

@@ -1,9 +1,7 @@
 """The worker process: claims function instances through leases and runs them.
 
-Instance i of a function with parallelism n owns the input partitions p with p mod n = i. For each
-owned partition it reads input batches from the committed offset, writes the output batch derived
-from input batch (p, s) under output key (p, s), then commits offset s + 1. A re-run after a crash
-therefore overwrites identical batches: exactly-once output for deterministic functions.
+Instance i of a function with parallelism n runs the lanes (input partition -> output partition q)
+with q mod n = i; :mod:`perper_lab.runtime.runners` runs them with exactly-once output.
 
 Leases are compare-and-set entries in the fabric holding (worker, expiry); a worker renews its leases
 every ``lease_ttl / 3`` seconds, and a dead worker's leases expire so that others take them over.
@@ -20,12 +18,11 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from perper_lab.errors import FabricError, PerperError
 from perper_lab.fabric.client import FabricClient
-from perper_lab.runtime.execution import FunctionStopped, run_batch
+from perper_lab.runtime.execution import FunctionStopped
 from perper_lab.runtime.registry import (
     LEASES_CACHE,
     STATE_CACHE,
@@ -33,96 +30,13 @@ from perper_lab.runtime.registry import (
     FunctionSpec,
     lease_key,
     list_functions,
-    offset_key,
     status_key,
 )
-from perper_lab.streams.encoding import END_OF_PARTITION, decode_items, encode_items, is_end
-from perper_lab.streams.stream import BATCHES_CACHE, Head, batch_key, head_key, open_stream
+from perper_lab.runtime.runners import SourceRunner, TransformRunner, make_runner
 
 log = logging.getLogger("perper_lab.worker")
 
 LEASE_TTL = 6.0
-BATCHES_PER_STEP = 16
-
-
-@dataclass
-class Progress:
-    """Committed position of one input partition, with the output counters that match it."""
-
-    seq: int = 0
-    consumed: int = 0
-    outputs: int = 0
-    errors: int = 0
-    done: bool = False
-
-    def encode(self) -> str:
-        return json.dumps(self.__dict__)
-
-    @classmethod
-    def decode(cls, text: str | None) -> Progress:
-        return cls(**json.loads(text)) if text else cls()
-
-
-class InstanceRunner:
-    """Runs instance ``index`` of one function version on the partitions it owns."""
-
-    def __init__(self, fabric: FabricClient, spec: FunctionSpec, index: int) -> None:
-        self.fabric = fabric
-        self.spec = spec
-        self.index = index
-        self.fn = spec.load()
-        source = open_stream(fabric, spec.inputs[0])
-        self.input = source.name
-        self.partitions = [p for p in range(source.partitions) if p % spec.parallelism == index]
-        state = fabric.cache(STATE_CACHE)
-        stored = state.get_all([offset_key(spec.output, p) for p in self.partitions])
-        self.progress = {p: Progress.decode(stored.get(offset_key(spec.output, p))) for p in self.partitions}
-        self._batches = fabric.cache(BATCHES_CACHE)
-        self._state = state
-
-    @property
-    def finished(self) -> bool:
-        return all(progress.done for progress in self.progress.values())
-
-    def step(self) -> int:
-        """Process up to BATCHES_PER_STEP input batches of each owned partition; return items read."""
-        return sum(self._step_partition(p) for p, progress in self.progress.items() if not progress.done)
-
-    def _step_partition(self, partition: int) -> int:
-        progress = self.progress[partition]
-        keys = [batch_key(self.input, partition, s) for s in range(progress.seq, progress.seq + BATCHES_PER_STEP)]
-        found = self._batches.get_all(keys)
-        spec = self.spec
-        entries: dict[str, Any] = {}
-        after = Progress(**progress.__dict__)
-        items_read = 0
-        for key in keys:
-            value = found.get(key)
-            if value is None:
-                break
-            if is_end(value):
-                entries[batch_key(spec.output, partition, after.seq)] = END_OF_PARTITION
-                entries[batch_key(spec.errors_stream, partition, after.seq)] = END_OF_PARTITION
-                after.done = True
-                break
-            items = decode_items(value)
-            result = run_batch(spec, self.fn, items, (partition, after.seq))
-            entries[batch_key(spec.output, partition, after.seq)] = encode_items(result.outputs)
-            entries[batch_key(spec.errors_stream, partition, after.seq)] = encode_items(result.errors)
-            after.seq += 1
-            after.consumed += len(items)
-            after.outputs += len(result.outputs)
-            after.errors += len(result.errors)
-            items_read += len(items)
-        if not entries:
-            return 0
-        entries[head_key(spec.output, partition)] = Head(after.seq, after.outputs, after.done).encode()
-        entries[head_key(spec.errors_stream, partition)] = Head(after.seq, after.errors, after.done).encode()
-        self._batches.put_all(entries)
-        # Committed only after the output is written: a crash in between re-runs identical batches.
-        self._state.put(offset_key(spec.output, partition), after.encode())
-        self.progress[partition] = after
-        return max(items_read, 1)
 
 
 class Worker:
@@ -135,7 +49,7 @@ class Worker:
         self.lease_ttl = lease_ttl
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.held: dict[str, str] = {}  # lease key -> the lease value we hold
-        self.runners: dict[str, InstanceRunner] = {}
+        self.runners: dict[str, TransformRunner | SourceRunner] = {}
         self._leases = self.fabric.cache(LEASES_CACHE)
         self._workers = self.fabric.cache(WORKERS_CACHE)
         self._state = self.fabric.cache(STATE_CACHE)
@@ -207,7 +121,7 @@ class Worker:
             if self._claim(key, leases.get(key), now):
                 spec, index = wanted[key]
                 try:
-                    self.runners[key] = InstanceRunner(self.fabric, spec, index)
+                    self.runners[key] = make_runner(self.fabric, spec, index)
                     log.info("worker %s: running %s (version %s)", self.id, key, spec.version)
                 except PerperError as exc:
                     self._fail(spec, str(exc))
@@ -240,7 +154,9 @@ class Worker:
         return False
 
     def _drop(self, key: str) -> None:
-        self.runners.pop(key, None)
+        runner = self.runners.pop(key, None)
+        if runner is not None:
+            runner.stop()
         held = self.held.pop(key, None)
         if held is not None:
             try:
