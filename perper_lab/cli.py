@@ -57,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--fabric", help="HOST:PORT[,HOST:PORT...] (default: $PERPER_FABRIC or 127.0.0.1:10800)")
     status.set_defaults(handler=show_status)
 
+    run = commands.add_parser("run", help="register a seed-style function app (folders with function.json "
+                                          "and __init__.py) and let the workers run it")
+    run.add_argument("app_dir", help="the app folder (one subfolder per function) or one function folder")
+    run.add_argument("--input", required=True, help="the stream the functions read")
+    run.add_argument("--output", help="the stream written (default: the function's folder name; one function only)")
+    run.add_argument("--fabric", help="HOST:PORT[,HOST:PORT...] (default: $PERPER_FABRIC or 127.0.0.1:10800)")
+    run.add_argument("--parallelism", type=int, default=1, help="instances running in parallel (default 1)")
+    run.add_argument("--wait", action="store_true", help="wait until the output is closed, then print its size")
+    run.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    run.set_defaults(handler=run_app)
+
     demo = commands.add_parser("demo", help="run the NYC flights notebook headlessly on an embedded fabric")
     demo.add_argument("--output", default="output", help="folder for the executed notebook and its HTML copy")
     demo.set_defaults(handler=run_demo)
@@ -120,6 +131,30 @@ def show_status(args: argparse.Namespace) -> None:
 
     with FabricClient(args.fabric) as client:
         print(status_text(client))
+
+
+def run_app(args: argparse.Namespace) -> None:
+    from perper_lab import api
+    from perper_lab.apps import load_app
+    from perper_lab.runtime import register_function
+
+    functions = load_app(args.app_dir)
+    if args.output and len(functions) > 1:
+        raise PerperError(f"--output names one stream, but {args.app_dir} has {len(functions)} functions "
+                          f"({', '.join(f.name for f in functions)}); leave it out to use their folder names")
+    fabric = api.connect(args.fabric)
+    outputs = []
+    for function in functions:
+        output = args.output or function.name
+        spec = register_function(fabric, function.main, output, [args.input], parallelism=args.parallelism,
+                                 source=function.source, seed_style=True)
+        outputs.append(output)
+        print(f"{function.name}: {args.input} -> {output} (version {spec.version}); the workers run it")
+    if args.wait:
+        for output in outputs:
+            stream = api.stream(output)
+            stream.wait_closed(args.timeout)
+            print(f"{output}: closed with {stream.count()} items")
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -80,6 +80,10 @@ class FunctionSpec:
         return self.output + ERROR_SUFFIX
 
     def load(self) -> Callable[..., Any]:
+        if self.convention == "context":
+            from perper_lab.runtime.seed import provide_seed_modules
+
+            provide_seed_modules()  # seed-style code may refer to azure.functions / perper.functions
         return cloudpickle.loads(self.code)
 
     def encode(self) -> bytes:
@@ -101,7 +105,8 @@ def function_source(fn: Callable[..., Any]) -> str:
 
 def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str, inputs: list[str], *,
                       kind: str = "map", parallelism: int = 1, on_error: str = "skip",
-                      source: str | None = None, partitions: int = 1) -> FunctionSpec:
+                      source: str | None = None, partitions: int = 1,
+                      seed_style: bool | None = None) -> FunctionSpec:
     """Register ``fn`` to read ``inputs`` and write ``output``; workers pick it up within a second.
 
     Creates ``output`` and its dead-letter stream ``output.errors``. Input partition p of the j-th
@@ -134,7 +139,7 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
     if output in inputs:
         raise FunctionRejected(f"function output {output!r} is also its input; write to another stream")
     source_streams = [open_stream(fabric, name) for name in inputs]
-    convention = calling_convention(fn, kind)
+    convention = calling_convention(fn, kind, seed_style)
     code = _pickle_function(fn)
     source = source if source is not None else function_source(fn)
     version = hashlib.sha256(
@@ -171,7 +176,7 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
     return spec
 
 
-def calling_convention(fn: Callable[..., Any], kind: str) -> str:
+def calling_convention(fn: Callable[..., Any], kind: str, seed_style: bool | None = None) -> str:
     """How workers call ``fn``: with the item, or as the seed's ``main(context, data)``."""
     name = getattr(fn, "__name__", "the function")
     try:
@@ -184,7 +189,7 @@ def calling_convention(fn: Callable[..., Any], kind: str) -> str:
         if names:
             raise FunctionRejected(f"a source function takes no arguments; {name} takes {', '.join(names)}")
         return "item"
-    if len(names) == 2 and names[0] == "context" and kind != "batch":
+    if len(names) == 2 and kind != "batch" and (seed_style or (seed_style is None and names[0] == "context")):
         return "context"
     if len(names) != 1:
         wanted = "a DataFrame" if kind == "batch" else "the item"
