@@ -23,13 +23,14 @@ from perper_lab.runtime.registry import (
     STATE_CACHE,
     WORKERS_CACHE,
     FunctionSpec,
+    delete_function,
     failure,
     list_functions,
     offset_key,
     register_function,
     status_key,
 )
-from perper_lab.streams import Stream, list_streams, open_stream
+from perper_lab.streams import Stream, delete_stream, list_streams, open_stream
 from perper_lab.streams import from_dataframe as _from_dataframe
 from perper_lab.streams import from_iterable as _from_iterable
 
@@ -73,8 +74,7 @@ def stream(name: str) -> Stream:
     """The stream ``name`` of the current fabric."""
     found = open_stream(fabric(), name)
     if found.producer:
-        return FunctionOutput(found.fabric, {"name": found.name, "partitions": found.partitions,
-                                             "producer": found.producer})
+        return FunctionOutput(found.fabric, found.meta)
     return found
 
 
@@ -91,14 +91,33 @@ def from_iterable(items: Iterable[Any], name: str, rate: float | None = None, pa
 
 
 def register(fn: Callable[..., Any], output: str, input: str | list[str] | None = None, *, kind: str = "map",
-             parallelism: int = 1, on_error: str = "skip", partitions: int = 1) -> FunctionSpec:
+             parallelism: int = 1, on_error: str = "skip", partitions: int = 1, replay: bool = False) -> FunctionSpec:
     """Register ``fn`` to turn stream(s) ``input`` into stream ``output`` on the fabric's workers.
 
     ``kind`` is map (default), flat_map, batch, or source (no input; ``partitions`` output partitions).
+    ``replay`` reprocesses the inputs from the start into a new generation of ``output``.
     """
     inputs = [] if input is None else [input] if isinstance(input, str) else list(input)
     return register_function(fabric(), fn, output, inputs, kind=kind, parallelism=parallelism,
-                             on_error=on_error, partitions=partitions)
+                             on_error=on_error, partitions=partitions, replay=replay)
+
+
+def delete(name: str, client: FabricClient | None = None) -> None:
+    """Delete stream ``name``; if a function writes it, stop and forget the function first.
+
+    A stream that a function reads cannot be deleted until that function is.
+    """
+    client = client or fabric()
+    open_stream(client, name)
+    functions = list_functions(client)
+    readers = [spec.output for spec in functions if name in spec.inputs]
+    if readers:
+        raise PerperError(f"stream {name!r} is read by the function(s) writing {', '.join(readers)}; "
+                          "delete those first")
+    if any(spec.output == name for spec in functions):
+        delete_function(client, name)
+    else:
+        delete_stream(client, name)
 
 
 def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
@@ -116,7 +135,7 @@ def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
     functions = []
     for spec in sorted(list_functions(client), key=lambda s: s.output):
         output = open_stream(client, spec.output)
-        offsets = state.get_all([offset_key(spec.output, q) for q in range(output.partitions)])
+        offsets = state.get_all([offset_key(spec.output, spec.generation, q) for q in range(output.partitions)])
         offered = sum(open_stream(client, name).count() for name in spec.inputs)
         consumed = sum(json.loads(text)["consumed"] for text in offsets.values())
         errors = sum(json.loads(text)["errors"] for text in offsets.values())

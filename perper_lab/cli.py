@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--fabric", help="HOST:PORT[,HOST:PORT...] (default: $PERPER_FABRIC or 127.0.0.1:10800)")
     status.set_defaults(handler=show_status)
 
+    delete = commands.add_parser("delete", help="delete a stream (and the function writing it, if any)")
+    delete.add_argument("name")
+    delete.add_argument("--fabric", help="HOST:PORT[,HOST:PORT...] (default: $PERPER_FABRIC or 127.0.0.1:10800)")
+    delete.set_defaults(handler=delete_stream_or_function)
+
     run = commands.add_parser("run", help="register a seed-style function app (folders with function.json "
                                           "and __init__.py) and let the workers run it")
     run.add_argument("app_dir", help="the app folder (one subfolder per function) or one function folder")
@@ -131,6 +136,14 @@ def show_status(args: argparse.Namespace) -> None:
 
     with FabricClient(args.fabric) as client:
         print(status_text(client))
+
+
+def delete_stream_or_function(args: argparse.Namespace) -> None:
+    from perper_lab import api
+
+    with api.connect(args.fabric) as client:
+        api.delete(args.name, client)
+    print(f"deleted {args.name!r}")
 
 
 def run_app(args: argparse.Namespace) -> None:

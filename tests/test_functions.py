@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from perper_lab.errors import FunctionNotFound, FunctionRejected, StreamNotFound
+from perper_lab.errors import FunctionNotFound, FunctionRejected, PerperError, StreamNotFound
 from perper_lab.runtime import get_function, register_function
-from perper_lab.runtime.registry import STATE_CACHE, status_key
+from perper_lab.runtime.registry import STATE_CACHE, status_key, wait_deployed
 from perper_lab.streams import Stream, create_stream, open_stream
 
 
@@ -252,3 +253,76 @@ def test_a_function_with_the_wrong_arguments_is_rejected(client, unique_name, fn
     inputs = [] if kind == "source" else [fill(client, unique_name("in"), [1]).name]
     with pytest.raises(FunctionRejected, match=message):
         register_function(client, fn, unique_name("out"), inputs, kind=kind)
+
+
+def test_new_code_continues_from_the_committed_offsets(client, workers, unique_name):
+    source = create_stream(client, unique_name("in"))
+    writer = source.writer(batch_size=10)
+    writer.extend(range(100))
+    writer.flush()
+
+    def first(x):
+        return ("v1", x)
+
+    output = unique_name("out")
+    v1 = register_function(client, first, output, [source.name])
+    stream = open_stream(client, output)
+    deadline = time.monotonic() + 60
+    while stream.count() < 100:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    def second(x):
+        return ("v2", x)
+
+    v2 = register_function(client, second, output, [source.name])
+    wait_deployed(client, v2)
+    writer.extend(range(100, 200))
+    writer.close()
+    result = list(wait_output(client, workers, output))
+
+    assert v2.version != v1.version and v2.generation == v1.generation == 0
+    assert result == [("v1", x) for x in range(100)] + [("v2", x) for x in range(100, 200)]
+
+
+def test_replay_reprocesses_into_a_new_generation_and_keeps_the_old_one(client, workers, unique_name):
+    source = fill(client, unique_name("in"), list(range(300)), batch_size=50)
+
+    def double(x):
+        return x * 2
+
+    output = unique_name("out")
+    register_function(client, double, output, [source.name])
+    assert list(wait_output(client, workers, output)) == [x * 2 for x in range(300)]
+
+    def triple(x):
+        return x * 3
+
+    spec = register_function(client, triple, output, [source.name], replay=True)
+    assert spec.generation == 1
+    assert list(wait_output(client, workers, output)) == [x * 3 for x in range(300)]
+    assert list(open_stream(client, output, generation=0)) == [x * 2 for x in range(300)]
+
+
+def test_deleting_a_function_removes_it_its_offsets_and_its_streams(client, workers, unique_name):
+    from perper_lab import api
+    from perper_lab.runtime.registry import FUNCTIONS_CACHE, offset_key
+    from perper_lab.streams.stream import BATCHES_CACHE
+
+    source = fill(client, unique_name("in"), list(range(50)))
+    output = unique_name("out")
+    register_function(client, lambda x: x, output, [source.name])
+    wait_output(client, workers, output)
+
+    with pytest.raises(PerperError, match="is read by the function"):
+        api.delete(source.name, client)
+    api.delete(output, client)
+
+    assert client.cache(FUNCTIONS_CACHE).get(output) is None
+    assert client.cache(STATE_CACHE).get(offset_key(output, 0, 0)) is None
+    assert client.cache(BATCHES_CACHE).get(f"{output}/0/0") is None
+    with pytest.raises(StreamNotFound):
+        open_stream(client, output)
+    api.delete(source.name, client)  # nobody reads it any more
+    with pytest.raises(StreamNotFound):
+        open_stream(client, source.name)

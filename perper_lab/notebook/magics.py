@@ -38,6 +38,8 @@ class PerperMagics(Magics):
     @argument("--batch", action="store_true", help="the function takes and returns a pandas DataFrame per batch")
     @argument("--source", action="store_true", help="the function takes no input and yields the stream's items")
     @argument("--on-error", default="skip", help="skip (default), stop or retry=N")
+    @argument("--replay", action="store_true",
+              help="reprocess the input from the start into a new generation of OUTPUT (the old one stays)")
     @cell_magic("perper_stream")
     def perper_stream(self, line: str, cell: str) -> StreamView:
         """Run the one function this cell defines on every item of the input stream(s), writing OUTPUT.
@@ -69,7 +71,8 @@ class PerperMagics(Magics):
             fabric = api.fabric()
             spec = register_function(fabric, fn, args.output, args.input, kind=kind,
                                      parallelism=args.parallelism, on_error=args.on_error,
-                                     partitions=args.partitions, source=ast.get_source_segment(cell, functions[0]))
+                                     partitions=args.partitions, replay=args.replay,
+                                     source=ast.get_source_segment(cell, functions[0]))
             view = StreamView(open_stream(fabric, spec.output), errors=open_stream(fabric, spec.errors_stream))
         except PerperError as exc:
             raise UsageError(str(exc)) from None
@@ -79,12 +82,15 @@ class PerperMagics(Magics):
     @no_var_expand
     @line_magic("perper")
     def perper(self, line: str) -> object:
-        """%perper status | stop OUTPUT | workers N | fabric | show STREAM"""
+        """%perper status | stop OUTPUT | delete STREAM | workers N | fabric | show STREAM"""
         words = shlex.split(line)
         command, rest = (words[0], words[1:]) if words else ("", [])
         try:
             if command == "status" and not rest:
                 return _StatusDisplay(api.status())
+            if command == "delete" and len(rest) == 1:
+                api.delete(rest[0])
+                return f"deleted {rest[0]!r}"
             if command == "stop" and len(rest) == 1:
                 stop_function(api.fabric(), rest[0])
                 return f"stopped {rest[0]!r}; its output stays readable"
@@ -100,7 +106,7 @@ class PerperMagics(Magics):
         except PerperError as exc:
             raise UsageError(str(exc)) from None
         raise UsageError(f"unknown %perper command {line!r}; "
-                         "use: status | stop OUTPUT | workers N | fabric | show STREAM")
+                         "use: status | stop OUTPUT | delete STREAM | workers N | fabric | show STREAM")
 
 
 def _parse(magic: object, line: str):  # noqa: ANN202 - argparse.Namespace

@@ -71,9 +71,8 @@ class StreamView(widgets.VBox):
         try:
             # pyignite clients are not thread-safe: the pump has its own connection.
             with FabricClient(self.stream.fabric.address, timeout=self.stream.fabric.timeout) as fabric:
-                stream = Stream(fabric, {"name": self.stream.name, "partitions": self.stream.partitions})
-                errors = Stream(fabric, {"name": self.errors.name, "partitions": self.errors.partitions}) \
-                    if self.errors else None
+                stream = self.stream.bind(fabric)
+                errors = self.errors.bind(fabric) if self.errors else None
                 while not self._stop.is_set():
                     now = time.monotonic()
                     heads = stream.heads()

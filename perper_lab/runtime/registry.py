@@ -17,9 +17,9 @@ from typing import Any
 
 import cloudpickle
 
-from perper_lab.errors import FunctionNotFound, FunctionRejected, StreamError
+from perper_lab.errors import FunctionError, FunctionNotFound, FunctionRejected, StreamError
 from perper_lab.fabric.client import FabricClient
-from perper_lab.streams import create_stream, open_stream
+from perper_lab.streams import create_stream, delete_stream, new_generation, open_stream
 from perper_lab.streams.stream import check_name
 
 FUNCTIONS_CACHE = "perper-control-functions"
@@ -73,6 +73,7 @@ class FunctionSpec:
     parallelism: int = 1
     on_error: str = "skip"
     state: str = "running"
+    generation: int = 0  # of the output stream; replaying from the start writes a new one
     created: float = 0.0
 
     @property
@@ -106,7 +107,7 @@ def function_source(fn: Callable[..., Any]) -> str:
 def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str, inputs: list[str], *,
                       kind: str = "map", parallelism: int = 1, on_error: str = "skip",
                       source: str | None = None, partitions: int = 1,
-                      seed_style: bool | None = None) -> FunctionSpec:
+                      seed_style: bool | None = None, replay: bool = False) -> FunctionSpec:
     """Register ``fn`` to read ``inputs`` and write ``output``; workers pick it up within a second.
 
     Creates ``output`` and its dead-letter stream ``output.errors``. Input partition p of the j-th
@@ -148,9 +149,12 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
 
     registry = fabric.cache(FUNCTIONS_CACHE)
     existing = registry.get(output)
+    generation = 0
     if existing is not None:
         current = FunctionSpec.decode(existing)
-        if current.version == version and current.parallelism == parallelism and current.state == "running":
+        generation = current.generation
+        unchanged = current.version == version and current.parallelism == parallelism
+        if unchanged and current.state == "running" and not replay:
             return current
     else:
         try:
@@ -168,9 +172,16 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
         create_stream(fabric, output + ERROR_SUFFIX, out_partitions, producer=output)
     except StreamError as exc:
         raise FunctionRejected(f"{exc} (the new inputs give {out_partitions} output partitions)") from None
+    if replay and existing is not None:
+        # Stop the running version first, so that no worker writes the old generation meanwhile.
+        registry.put(output, replace(FunctionSpec.decode(existing), state="stopped").encode())
+        wait_released(fabric, output)
+        generation = new_generation(fabric, output).generation
+        new_generation(fabric, output + ERROR_SUFFIX)
     spec = FunctionSpec(output=output, inputs=tuple(inputs), kind=kind, version=version, source=source,
                         code=code, function_name=getattr(fn, "__name__", "function"), convention=convention,
-                        parallelism=parallelism, on_error=str(policy), created=time.time())
+                        parallelism=parallelism, on_error=str(policy), generation=generation,
+                        created=time.time())
     registry.put(output, spec.encode())
     fabric.cache(STATE_CACHE).remove_keys([status_key(output)])
     return spec
@@ -214,6 +225,52 @@ def _pickle_function(fn: Callable[..., Any]) -> bytes:
     return code
 
 
+def wait_released(fabric: FabricClient, output: str, timeout: float = 15.0) -> None:
+    """Wait until no worker holds a live lease on the (stopped) function writing ``output``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.time()
+        held = [key for key, text in fabric.cache(LEASES_CACHE).items(output + "#")
+                if json.loads(text)["expires"] > now]
+        if not held:
+            return
+        if time.monotonic() > deadline:
+            raise FunctionError(f"workers still run {', '.join(held)} after {timeout:g}s; try again")
+        time.sleep(0.1)
+
+
+def wait_deployed(fabric: FabricClient, spec: FunctionSpec, timeout: float = 15.0) -> None:
+    """Wait until every instance of ``spec`` runs on a worker with this version and generation."""
+    deadline = time.monotonic() + timeout
+    keys = [lease_key(spec.output, i) for i in range(spec.parallelism)]
+    while True:
+        now = time.time()
+        leases = fabric.cache(LEASES_CACHE).get_all(keys)
+        running = [json.loads(text) for text in leases.values()]
+        if len(running) == len(keys) and all(
+                lease["expires"] > now and lease.get("version") == spec.version
+                and lease.get("generation") == spec.generation for lease in running):
+            return
+        if time.monotonic() > deadline:
+            raise FunctionError(f"{spec.output!r} version {spec.version} is not running on workers after "
+                                f"{timeout:g}s; are workers running? (`perper-lab status`)")
+        time.sleep(0.1)
+
+
+def delete_function(fabric: FabricClient, output: str, *, delete_output: bool = True) -> None:
+    """Stop the function writing ``output``, forget it, and (by default) delete its output streams."""
+    spec = stop_function(fabric, output)
+    wait_released(fabric, output)
+    partitions = open_stream(fabric, output).partitions
+    fabric.cache(STATE_CACHE).remove_keys(
+        [status_key(output)] + [offset_key(output, g, q) for g in range(spec.generation + 1) for q in range(partitions)]
+    )
+    fabric.cache(FUNCTIONS_CACHE).remove_keys([output])
+    if delete_output:
+        delete_stream(fabric, output)
+        delete_stream(fabric, output + ERROR_SUFFIX)
+
+
 def get_function(fabric: FabricClient, output: str) -> FunctionSpec:
     value = fabric.cache(FUNCTIONS_CACHE).get(output)
     if value is None:
@@ -245,8 +302,8 @@ def status_key(output: str) -> str:
     return f"status/{output}"
 
 
-def offset_key(output: str, partition: int) -> str:
-    return f"offset/{output}/{partition}"
+def offset_key(output: str, generation: int, partition: int) -> str:
+    return f"offset/{output}/{generation}/{partition}"
 
 
 def lease_key(output: str, instance: int) -> str:

@@ -21,7 +21,7 @@ from perper_lab.fabric.client import FabricClient
 from perper_lab.runtime.execution import FunctionStopped, error_record, run_batch
 from perper_lab.runtime.registry import STATE_CACHE, FunctionSpec, offset_key
 from perper_lab.streams.encoding import END_OF_PARTITION, decode_items, encode_items, is_end
-from perper_lab.streams.stream import BATCHES_CACHE, Head, batch_key, head_key, open_stream
+from perper_lab.streams.stream import BATCHES_CACHE, Head, batch_key, head_key, key_prefix, open_stream
 
 BATCHES_PER_STEP = 16
 SOURCE_BATCH = 1000
@@ -49,6 +49,7 @@ class Progress:
 @dataclass(frozen=True)
 class Lane:
     input: str
+    input_prefix: str  # the key prefix of the input's generation this lane reads
     partition: int
     output_partition: int
 
@@ -58,7 +59,7 @@ def lanes(fabric: FabricClient, spec: FunctionSpec) -> list[Lane]:
     result = []
     for name in spec.inputs:
         stream = open_stream(fabric, name)
-        result += [Lane(name, p, len(result) + p) for p in range(stream.partitions)]
+        result += [Lane(name, stream.prefix, p, len(result) + p) for p in range(stream.partitions)]
     return result
 
 
@@ -72,10 +73,13 @@ class _Runner:
     def __init__(self, fabric: FabricClient, spec: FunctionSpec, partitions: list[int]) -> None:
         self.spec = spec
         self.fn = spec.load()
+        self.out = key_prefix(spec.output, spec.generation)
+        self.errors = key_prefix(spec.errors_stream, spec.generation)
         self._batches = fabric.cache(BATCHES_CACHE)
         self._state = fabric.cache(STATE_CACHE)
-        stored = self._state.get_all([offset_key(spec.output, q) for q in partitions])
-        self.progress = {q: Progress.decode(stored.get(offset_key(spec.output, q))) for q in partitions}
+        keys = {q: offset_key(spec.output, spec.generation, q) for q in partitions}
+        stored = self._state.get_all(list(keys.values()))
+        self.progress = {q: Progress.decode(stored.get(key)) for q, key in keys.items()}
 
     @property
     def finished(self) -> bool:
@@ -85,12 +89,11 @@ class _Runner:
         """Release whatever the runner holds besides its lease (nothing, unless overridden)."""
 
     def _commit(self, partition: int, after: Progress, entries: dict[str, Any]) -> None:
-        spec = self.spec
-        entries[head_key(spec.output, partition)] = Head(after.seq, after.outputs, after.done).encode()
-        entries[head_key(spec.errors_stream, partition)] = Head(after.seq, after.errors, after.done).encode()
+        entries[head_key(self.out, partition)] = Head(after.seq, after.outputs, after.done).encode()
+        entries[head_key(self.errors, partition)] = Head(after.seq, after.errors, after.done).encode()
         self._batches.put_all(entries)
         # Committed only after the output is written: a crash in between re-runs identical batches.
-        self._state.put(offset_key(spec.output, partition), after.encode())
+        self._state.put(offset_key(self.spec.output, self.spec.generation, partition), after.encode())
         self.progress[partition] = after
 
 
@@ -108,7 +111,7 @@ class TransformRunner(_Runner):
     def _step_lane(self, lane: Lane) -> int:
         spec, q = self.spec, lane.output_partition
         after = Progress(**self.progress[q].__dict__)
-        keys = [batch_key(lane.input, lane.partition, s) for s in range(after.seq, after.seq + BATCHES_PER_STEP)]
+        keys = [batch_key(lane.input_prefix, lane.partition, s) for s in range(after.seq, after.seq + BATCHES_PER_STEP)]
         found = self._batches.get_all(keys)
         entries: dict[str, Any] = {}
         items_read = 0
@@ -117,14 +120,14 @@ class TransformRunner(_Runner):
             if value is None:
                 break
             if is_end(value):
-                entries[batch_key(spec.output, q, after.seq)] = END_OF_PARTITION
-                entries[batch_key(spec.errors_stream, q, after.seq)] = END_OF_PARTITION
+                entries[batch_key(self.out, q, after.seq)] = END_OF_PARTITION
+                entries[batch_key(self.errors, q, after.seq)] = END_OF_PARTITION
                 after.done = True
                 break
             items = decode_items(value)
             result = run_batch(spec, self.fn, items, lane.input, (lane.partition, after.seq))
-            entries[batch_key(spec.output, q, after.seq)] = encode_items(result.outputs)
-            entries[batch_key(spec.errors_stream, q, after.seq)] = encode_items(result.errors)
+            entries[batch_key(self.out, q, after.seq)] = encode_items(result.outputs)
+            entries[batch_key(self.errors, q, after.seq)] = encode_items(result.errors)
             after.seq += 1
             after.consumed += len(items)
             after.outputs += len(result.outputs)
@@ -199,8 +202,8 @@ class SourceRunner(_Runner):
             batch_index = sum(progress.seq for progress in self.progress.values())
             q = batch_index % len(self.progress)
             after = Progress(**self.progress[q].__dict__)
-            entries = {batch_key(self.spec.output, q, after.seq): encode_items(self._pending),
-                       batch_key(self.spec.errors_stream, q, after.seq): encode_items([])}
+            entries = {batch_key(self.out, q, after.seq): encode_items(self._pending),
+                       batch_key(self.errors, q, after.seq): encode_items([])}
             after.seq += 1
             after.consumed += written
             after.outputs += written
@@ -210,8 +213,8 @@ class SourceRunner(_Runner):
             for q, progress in list(self.progress.items()):
                 after = Progress(**progress.__dict__)
                 after.done = True
-                self._commit(q, after, {batch_key(self.spec.output, q, after.seq): END_OF_PARTITION,
-                                        batch_key(self.spec.errors_stream, q, after.seq): END_OF_PARTITION})
+                self._commit(q, after, {batch_key(self.out, q, after.seq): END_OF_PARTITION,
+                                        batch_key(self.errors, q, after.seq): END_OF_PARTITION})
         return max(written, 1)
 
     def _drain(self) -> bool:

@@ -107,8 +107,8 @@ class Worker:
         for key in list(self.held):
             if key not in wanted or not self._renew(key, now):
                 self._drop(key)
-            elif key in self.runners and self.runners[key].spec.version != wanted[key][0].version:
-                self._drop(key)  # a new version: rebuilt below from the committed offsets
+            elif key in self.runners and self.runners[key].spec != wanted[key][0]:
+                self._drop(key)  # a new version or generation: rebuilt below from the committed offsets
         while len(self.held) > limit:
             self._drop(sorted(self.held)[-1])
 
@@ -118,8 +118,8 @@ class Worker:
         for key in candidates:
             if len(self.held) >= limit:
                 break
-            if self._claim(key, leases.get(key), now):
-                spec, index = wanted[key]
+            spec, index = wanted[key]
+            if self._claim(key, leases.get(key), now, spec):
                 try:
                     self.runners[key] = make_runner(self.fabric, spec, index)
                     log.info("worker %s: running %s (version %s)", self.id, key, spec.version)
@@ -130,11 +130,13 @@ class Worker:
                     self._fail(spec, f"cannot load the function in the worker: {type(exc).__name__}: {exc}")
                     self._drop(key)
 
-    def _lease(self, now: float) -> str:
-        return json.dumps({"worker": self.id, "expires": now + self.lease_ttl})
+    def _lease(self, now: float, spec: FunctionSpec) -> str:
+        # The version tells observers (status, wait_deployed) which code this instance runs.
+        return json.dumps({"worker": self.id, "expires": now + self.lease_ttl, "version": spec.version,
+                           "generation": spec.generation})
 
-    def _claim(self, key: str, current: str | None, now: float) -> bool:
-        mine = self._lease(now)
+    def _claim(self, key: str, current: str | None, now: float, spec: FunctionSpec) -> bool:
+        mine = self._lease(now, spec)
         if current is None:
             taken = self._leases.put_if_absent(key, mine)
         elif json.loads(current)["expires"] < now:
@@ -146,7 +148,7 @@ class Worker:
         return taken
 
     def _renew(self, key: str, now: float) -> bool:
-        mine = self._lease(now)
+        mine = self._lease(now, self.runners[key].spec)
         if self._leases.replace_if_equals(key, self.held[key], mine):
             self.held[key] = mine
             return True

@@ -18,8 +18,7 @@ class ReplayedStream(Stream):
     """A stream being filled by a background replay; :meth:`wait_closed` reports a failed replay."""
 
     def __init__(self, stream: Stream, thread: threading.Thread) -> None:
-        super().__init__(stream.fabric, {"name": stream.name, "partitions": stream.partitions,
-                                         "producer": stream.producer})
+        super().__init__(stream.fabric, stream.meta)
         self._thread = thread
         self.error: BaseException | None = None
 
@@ -57,7 +56,7 @@ def from_iterable(items: Iterable[Any], name: str, *, fabric: FabricClient, rate
         try:
             # pyignite clients are not thread-safe: the replay thread gets its own connection.
             with FabricClient(address, timeout=timeout) as own:
-                target = Stream(own, {"name": name, "partitions": partitions})
+                target = stream.bind(own)
                 writer = target.writer(batch_size=batch_size, key=key)
                 started = time.monotonic()
                 for index, item in enumerate(items):

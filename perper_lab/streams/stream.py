@@ -1,9 +1,11 @@
 """Named, partitioned, persisted streams stored as batches in the fabric.
 
 Layout (see DESIGN.md, Streams): the registry cache maps a stream name to its metadata (JSON); the
-batches cache maps ``"{stream}/{partition}/{seq}"`` to one encoded batch, with consecutive sequence
-numbers from 0, and ``"{stream}/{partition}/head"`` to the partition's counters. The last batch of a
-closed partition is the end marker. A partition has one writer at a time.
+batches cache maps ``"{prefix}/{partition}/{seq}"`` to one encoded batch, with consecutive sequence
+numbers from 0, and ``"{prefix}/{partition}/head"`` to the partition's counters. The last batch of a
+closed partition is the end marker. A partition has one writer at a time. The prefix is the stream's
+name, or ``name~g`` for generation g > 0: a function replayed from the start writes a new generation
+of its output while the old one stays readable.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ READ_PAGE = 32  # batches per get_all: large enough to amortise a round trip, sm
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 
 
-def batch_key(stream: str, partition: int, seq: int) -> str:
-    return f"{stream}/{partition}/{seq}"
+def batch_key(prefix: str, partition: int, seq: int) -> str:
+    return f"{prefix}/{partition}/{seq}"
 
 
-def head_key(stream: str, partition: int) -> str:
-    return f"{stream}/{partition}/head"
+def head_key(prefix: str, partition: int) -> str:
+    return f"{prefix}/{partition}/head"
+
+
+def key_prefix(name: str, generation: int = 0) -> str:
+    return name if generation == 0 else f"{name}~{generation}"
 
 
 @dataclass(frozen=True)
@@ -82,15 +88,46 @@ def create_stream(fabric: FabricClient, name: str, partitions: int = 1, *, produ
     return Stream(fabric, meta)
 
 
-def open_stream(fabric: FabricClient, name: str) -> Stream:
-    """The existing stream ``name``; :class:`StreamNotFound` names the streams that do exist."""
+def open_stream(fabric: FabricClient, name: str, generation: int | None = None) -> Stream:
+    """The existing stream ``name`` (its current generation unless one is asked for).
+
+    :class:`StreamNotFound` names the streams that do exist.
+    """
     check_name(name)
     text = fabric.cache(STREAMS_CACHE).get(name)
     if text is None:
         known = sorted(meta["name"] for meta in list_streams(fabric))
         hint = f"existing streams: {', '.join(known[:20])}" if known else "the fabric has no streams yet"
         raise StreamNotFound(f"no stream named {name!r} in the fabric at {fabric.address} ({hint})")
-    return Stream(fabric, json.loads(text))
+    meta = json.loads(text)
+    current = meta.get("generation", 0)
+    if generation is not None:
+        if not 0 <= generation <= current:
+            raise StreamNotFound(f"stream {name!r} has generations 0..{current}, not {generation}")
+        meta["generation"] = generation
+    return Stream(fabric, meta)
+
+
+def new_generation(fabric: FabricClient, name: str) -> Stream:
+    """Start a new, empty generation of ``name``; the earlier ones stay readable by number."""
+    stream = open_stream(fabric, name)
+    meta = {**stream.meta, "generation": stream.generation + 1}
+    fabric.cache(STREAMS_CACHE).put(name, json.dumps(meta))
+    return Stream(fabric, meta)
+
+
+def delete_stream(fabric: FabricClient, name: str) -> None:
+    """Remove a stream, every generation of it, and its metadata."""
+    stream = open_stream(fabric, name)
+    batches = fabric.cache(BATCHES_CACHE)
+    for generation in range(stream.generation + 1):
+        old = open_stream(fabric, name, generation)
+        for partition, head in enumerate(old.heads()):
+            keys = [batch_key(old.prefix, partition, seq) for seq in range(head.batches + 1)]
+            for start in range(0, len(keys), 1000):
+                batches.remove_keys(keys[start:start + 1000])
+            batches.remove_keys([head_key(old.prefix, partition)])
+    fabric.cache(STREAMS_CACHE).remove_keys([name])
 
 
 def list_streams(fabric: FabricClient) -> list[dict[str, Any]]:
@@ -102,18 +139,26 @@ class Stream:
 
     def __init__(self, fabric: FabricClient, meta: dict[str, Any]) -> None:
         self.fabric = fabric
+        self.meta = meta
         self.name: str = meta["name"]
         self.partitions: int = meta["partitions"]
         self.producer: str | None = meta.get("producer")
+        self.generation: int = meta.get("generation", 0)
+        self.prefix = key_prefix(self.name, self.generation)
         self._batches = fabric.cache(BATCHES_CACHE)
 
     def __repr__(self) -> str:
-        return f"Stream({self.name!r}, partitions={self.partitions})"
+        generation = f", generation={self.generation}" if self.generation else ""
+        return f"Stream({self.name!r}, partitions={self.partitions}{generation})"
+
+    def bind(self, fabric: FabricClient) -> Stream:
+        """The same stream seen through another client (e.g. one owned by a background thread)."""
+        return Stream(fabric, self.meta)
 
     # -- counters -------------------------------------------------------------------------------
 
     def heads(self) -> list[Head]:
-        keys = [head_key(self.name, p) for p in range(self.partitions)]
+        keys = [head_key(self.prefix, p) for p in range(self.partitions)]
         found = self._batches.get_all(keys)
         return [Head.decode(found.get(key)) for key in keys]
 
@@ -170,7 +215,7 @@ class Stream:
         self._check_partition(partition)
         seq = start
         while True:
-            keys = [batch_key(self.name, partition, s) for s in range(seq, seq + READ_PAGE)]
+            keys = [batch_key(self.prefix, partition, s) for s in range(seq, seq + READ_PAGE)]
             found = self._batches.get_all(keys)
             for key in keys:
                 value = found.get(key)
@@ -189,7 +234,7 @@ class Stream:
 
     def wait_for_new(self, partition: int, seq: int, timeout: float | None) -> bool:
         """Wait until batch ``seq`` of ``partition`` exists. The one polling seam: a push can replace it."""
-        key = batch_key(self.name, partition, seq)
+        key = batch_key(self.prefix, partition, seq)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.001
         while self._batches.get(key) is None:
@@ -232,7 +277,7 @@ class Stream:
             for seq in reversed(range(heads[partition].batches)):
                 if wanted <= 0:
                     break
-                value = self._batches.get(batch_key(self.name, partition, seq))
+                value = self._batches.get(batch_key(self.prefix, partition, seq))
                 batch = decode_items(value) if value is not None else []
                 chunks.append(batch[-wanted:] if wanted < len(batch) else batch)
                 wanted -= len(chunks[-1])
@@ -312,16 +357,16 @@ class StreamWriter:
         entries: dict[str, Any] = {}
         for partition, head in enumerate(self._heads):
             if not head.closed:
-                entries[batch_key(self.stream.name, partition, head.batches)] = END_OF_PARTITION
+                entries[batch_key(self.stream.prefix, partition, head.batches)] = END_OF_PARTITION
                 self._heads[partition] = Head(head.batches, head.items, closed=True)
-                entries[head_key(self.stream.name, partition)] = self._heads[partition].encode()
+                entries[head_key(self.stream.prefix, partition)] = self._heads[partition].encode()
         self.stream._batches.put_all(entries)
 
     def _add_batch(self, entries: dict[str, Any], partition: int, value: bytes, count: int) -> None:
         head = self._heads[partition]
-        entries[batch_key(self.stream.name, partition, head.batches)] = value
+        entries[batch_key(self.stream.prefix, partition, head.batches)] = value
         self._heads[partition] = Head(head.batches + 1, head.items + count)
-        entries[head_key(self.stream.name, partition)] = self._heads[partition].encode()
+        entries[head_key(self.stream.prefix, partition)] = self._heads[partition].encode()
 
     def __enter__(self) -> StreamWriter:
         return self
