@@ -7,7 +7,7 @@ The source hands out the in-memory events in batches of 1,000 (what a Kafka sour
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -66,7 +66,7 @@ class _PacedPartition(StatelessSourcePartition):
 
     def next_awake(self) -> datetime | None:
         wait = self._started + self._sent / self._rate - time.monotonic()
-        return datetime.now(timezone.utc) + timedelta(seconds=max(wait, 0.0))
+        return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
 
 
 class PacedSource(DynamicSource):

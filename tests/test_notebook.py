@@ -107,7 +107,7 @@ def test_unknown_option_and_missing_input_are_usage_errors(shell):
 
 
 def test_unknown_perper_command_lists_the_commands(shell):
-    with pytest.raises(UsageError, match=re.escape("status | stop OUTPUT | workers N")):
+    with pytest.raises(UsageError, match=re.escape("status | stop OUTPUT | delete STREAM | workers N")):
         shell.run_line_magic("perper", "frobnicate")
 
 
