@@ -6,11 +6,13 @@ From Python: :func:`connect`, :func:`from_dataframe`, :func:`register`, :func:`s
 
 from perper_lab.api import (
     connect,
+    delete,
     disconnect,
     fabric,
     from_dataframe,
     from_iterable,
     register,
+    run_app,
     status,
     stream,
 )
@@ -27,8 +29,9 @@ from perper_lab.streams import Stream
 __version__ = "0.1.0"
 
 __all__ = ["FabricError", "FabricStartError", "FabricUnavailable", "FunctionRejected", "PerperError",
-           "Stream", "StreamNotFound", "connect", "disconnect", "fabric", "from_dataframe", "from_iterable",
-           "load_ipython_extension", "register", "show", "status", "stream", "unload_ipython_extension"]
+           "Stream", "StreamNotFound", "connect", "dashboard", "delete", "disconnect", "fabric", "from_dataframe",
+           "from_iterable", "load_ipython_extension", "register", "run_app", "show", "status", "stream",
+           "unload_ipython_extension", "workers"]
 
 
 def load_ipython_extension(ipython) -> None:  # noqa: ANN001 - IPython's InteractiveShell
@@ -47,4 +50,24 @@ def show(name: str):  # noqa: ANN201 - returns an ipywidgets widget
     """A live view of stream ``name`` (in a notebook)."""
     from perper_lab.notebook.view import StreamView
 
-    return StreamView(stream(name))
+    shown = stream(name)
+    errors = stream(name + ".errors") if shown.producer else None
+    return StreamView(shown, errors=errors)
+
+
+def dashboard():  # noqa: ANN201 - returns an ipywidgets widget
+    """A live widget listing every stream, function and worker of the fabric."""
+    from perper_lab.notebook.dashboard import Dashboard
+
+    return Dashboard(fabric())
+
+
+def workers():  # noqa: ANN201 - returns a WorkerPool
+    """The local worker processes of the embedded fabric: ``.scale(n)``, ``.kill(i)`` (SIGKILL), ``.pids``."""
+    from perper_lab.notebook.extension import current_session
+
+    session = current_session()
+    if session is None or session.pool is None:
+        raise PerperError("there is no local worker pool: it comes with the embedded fabric of %load_ext "
+                          "perper_lab; with PERPER_FABRIC set, start workers with `perper-lab worker`")
+    return session.pool

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -100,6 +101,24 @@ def register(fn: Callable[..., Any], output: str, input: str | list[str] | None 
     inputs = [] if input is None else [input] if isinstance(input, str) else list(input)
     return register_function(fabric(), fn, output, inputs, kind=kind, parallelism=parallelism,
                              on_error=on_error, partitions=partitions, replay=replay)
+
+
+def run_app(app_dir: str | Path, input: str, *, output: str | None = None,
+            parallelism: int = 1) -> list[FunctionSpec]:
+    """Register the functions of a seed-style app folder (function.json + __init__.py) to read ``input``.
+
+    Each function writes the stream named after its folder, or ``output`` if the app has one function.
+    """
+    from perper_lab.apps import load_app
+
+    functions = load_app(app_dir)
+    if output and len(functions) > 1:
+        raise PerperError(f"output names one stream, but {app_dir} has {len(functions)} functions "
+                          f"({', '.join(f.name for f in functions)}); leave it out to use their folder names")
+    open_stream(fabric(), input)  # before registering anything
+    return [register_function(fabric(), function.main, output or function.name, [input], parallelism=parallelism,
+                              source=function.source, seed_style=True, name=function.name)
+            for function in functions]
 
 
 def delete(name: str, client: FabricClient | None = None) -> None:

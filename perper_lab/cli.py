@@ -148,26 +148,16 @@ def delete_stream_or_function(args: argparse.Namespace) -> None:
 
 def run_app(args: argparse.Namespace) -> None:
     from perper_lab import api
-    from perper_lab.apps import load_app
-    from perper_lab.runtime import register_function
 
-    functions = load_app(args.app_dir)
-    if args.output and len(functions) > 1:
-        raise PerperError(f"--output names one stream, but {args.app_dir} has {len(functions)} functions "
-                          f"({', '.join(f.name for f in functions)}); leave it out to use their folder names")
-    fabric = api.connect(args.fabric)
-    outputs = []
-    for function in functions:
-        output = args.output or function.name
-        spec = register_function(fabric, function.main, output, [args.input], parallelism=args.parallelism,
-                                 source=function.source, seed_style=True)
-        outputs.append(output)
-        print(f"{function.name}: {args.input} -> {output} (version {spec.version}); the workers run it")
+    api.connect(args.fabric)
+    specs = api.run_app(args.app_dir, args.input, output=args.output, parallelism=args.parallelism)
+    for spec in specs:
+        print(f"{spec.function_name}: {args.input} -> {spec.output} (version {spec.version}); the workers run it")
     if args.wait:
-        for output in outputs:
-            stream = api.stream(output)
+        for spec in specs:
+            stream = api.stream(spec.output)
             stream.wait_closed(args.timeout)
-            print(f"{output}: closed with {stream.count()} items")
+            print(f"{spec.output}: closed with {stream.count()} items")
 
 
 def run_demo(args: argparse.Namespace) -> int:

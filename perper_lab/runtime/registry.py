@@ -107,7 +107,7 @@ def function_source(fn: Callable[..., Any]) -> str:
 def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str, inputs: list[str], *,
                       kind: str = "map", parallelism: int = 1, on_error: str = "skip",
                       source: str | None = None, partitions: int = 1,
-                      seed_style: bool | None = None, replay: bool = False) -> FunctionSpec:
+                      seed_style: bool | None = None, replay: bool = False, name: str | None = None) -> FunctionSpec:
     """Register ``fn`` to read ``inputs`` and write ``output``; workers pick it up within a second.
 
     Creates ``output`` and its dead-letter stream ``output.errors``. Input partition p of the j-th
@@ -179,7 +179,7 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
         generation = new_generation(fabric, output).generation
         new_generation(fabric, output + ERROR_SUFFIX)
     spec = FunctionSpec(output=output, inputs=tuple(inputs), kind=kind, version=version, source=source,
-                        code=code, function_name=getattr(fn, "__name__", "function"), convention=convention,
+                        code=code, function_name=name or getattr(fn, "__name__", "function"), convention=convention,
                         parallelism=parallelism, on_error=str(policy), generation=generation,
                         created=time.time())
     registry.put(output, spec.encode())

@@ -11,6 +11,7 @@ of its output while the old one stays readable.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 import zlib
@@ -267,6 +268,19 @@ class Stream:
 
     def head(self, n: int = 5) -> pd.DataFrame:
         return self.to_pandas(0, n)
+
+    def sample(self, n: int = 5, seed: int | None = None) -> pd.DataFrame:
+        """``n`` items drawn uniformly from the stream, read batch by batch (reservoir sampling)."""
+        chooser = random.Random(seed)
+        chosen: list[Any] = []
+        for seen, item in enumerate(self):
+            if seen < n:
+                chosen.append(item)
+            else:
+                slot = chooser.randrange(seen + 1)
+                if slot < n:
+                    chosen[slot] = item
+        return to_frame(chosen)
 
     def tail(self, n: int = 5) -> pd.DataFrame:
         """The last ``n`` items of the last partitions, read backwards batch by batch."""
