@@ -62,12 +62,13 @@ def dashboard():  # noqa: ANN201 - returns an ipywidgets widget
     return Dashboard(fabric())
 
 
-def workers():  # noqa: ANN201 - returns a WorkerPool
-    """The local worker processes of the embedded fabric: ``.scale(n)``, ``.kill(i)`` (SIGKILL), ``.pids``."""
+def workers():  # noqa: ANN201 - returns the embedded fabric's worker handle
+    """The local workers of the embedded fabric: ``.scale(n)``, ``.kill(i)`` (SIGKILL; a replacement
+    starts), ``.pids``."""
     from perper_lab.notebook.extension import current_session
 
     session = current_session()
-    if session is None or session.pool is None:
+    if session is None or session.embedded is None:
         raise PerperError("there is no local worker pool: it comes with the embedded fabric of %load_ext "
                           "perper_lab; with PERPER_FABRIC set, start workers with `perper-lab worker`")
-    return session.pool
+    return session.embedded

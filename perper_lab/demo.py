@@ -12,6 +12,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 
+from perper_lab.embedded import stop_idle
 from perper_lab.errors import PerperError
 from perper_lab.fabric.launcher import repo_root
 
@@ -29,6 +30,7 @@ def run_flights_demo(output_dir: Path, timeout: float = 1800) -> int:
     notebook = nbformat.read(source, as_version=4)
     _inject_parameters(notebook, PARAMETERS)
     env_fabric = os.environ.pop("PERPER_FABRIC", None)  # the main job runs on the embedded fabric
+    os.environ["PERPER_EMBEDDED_GRACE"] = "0"  # which stops as soon as the kernel has exited
     started = time.monotonic()
     client = NotebookClient(notebook, kernel_name="python3", timeout=int(timeout),
                             resources={"metadata": {"path": str(source.parent)}})
@@ -42,6 +44,7 @@ def run_flights_demo(output_dir: Path, timeout: float = 1800) -> int:
     finally:
         if env_fabric is not None:
             os.environ["PERPER_FABRIC"] = env_fabric
+        stop_idle()
     wall = time.monotonic() - started
     executed = output_dir / NOTEBOOK
     nbformat.write(notebook, executed)

@@ -1,71 +1,73 @@
 """``%load_ext perper_lab``: attach the kernel to a fabric and register the magics.
 
-With ``PERPER_FABRIC`` set, the kernel connects to that fabric. Otherwise it starts the embedded
-default, the way PySpark starts a local JVM: one local Ignite node and one local worker process,
-both stopped when the kernel exits (and both exit on their own if the kernel is killed).
+With ``PERPER_FABRIC`` set, the kernel connects to that fabric. Otherwise it attaches to its embedded
+fabric (:mod:`perper_lab.embedded`), the way PySpark starts a local JVM: one local Ignite node and one
+local worker process, kept by a supervisor keyed by the kernel's id. After a kernel restart the same
+fabric is re-attached, its functions still running; once the kernel has exited, it is stopped after a
+grace period (``PERPER_EMBEDDED_GRACE`` seconds, default 20).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from perper_lab import api
-from perper_lab.fabric.launcher import LocalFabric, start_on_free_ports
-from perper_lab.runtime.pool import WorkerPool
+from perper_lab.embedded import EmbeddedFabric, embedded_root
 
 
 @dataclass
 class LabSession:
-    """What this kernel attached to: a fabric address and, if embedded, the processes it started."""
+    """What this kernel attached to: a fabric address and, if embedded, its supervisor."""
 
     address: str
-    fabric: LocalFabric | None = None
-    pool: WorkerPool | None = None
+    embedded: EmbeddedFabric | None = None
+    reattached: bool = False
     views: list = field(default_factory=list)
 
-    @property
-    def embedded(self) -> bool:
-        return self.fabric is not None
-
     def describe(self) -> str:
-        if not self.embedded:
+        if self.embedded is None:
             return f"connected to the fabric at {self.address} (PERPER_FABRIC)"
-        workers = len(self.pool) if self.pool else 0
-        return (f"embedded fabric: 1 local Ignite node at {self.address}, {workers} local worker(s); "
-                f"logs in {self.fabric.run_dir}")
+        how = "re-attached to the" if self.reattached else "started an"
+        return (f"{how} embedded fabric: 1 local Ignite node at {self.address}, "
+                f"{len(self.embedded)} local worker(s); logs in {self.embedded.directory}")
 
-    def stop(self) -> None:
+    def detach(self) -> None:
         for view in self.views:
             view.stop()
         api.disconnect()
-        if self.pool:
-            self.pool.stop()
-        if self.fabric:
-            self.fabric.stop()
+        if self.embedded:
+            self.embedded.detach()
+
+
+def kernel_key() -> str:
+    """The kernel's id (kept across restarts), or this process's pid outside a Jupyter kernel."""
+    try:
+        from ipykernel import get_connection_file
+
+        return Path(get_connection_file()).stem.removeprefix("kernel-")
+    except Exception:  # not in a kernel (a plain IPython shell, a test): no restart to survive
+        return f"pid-{os.getpid()}"
 
 
 _session: LabSession | None = None
 
 
-def start_session(workers: int = 1) -> LabSession:
-    """Connect to ``PERPER_FABRIC``, or start the embedded fabric and ``workers`` local workers."""
+def start_session() -> LabSession:
+    """Connect to ``PERPER_FABRIC``, or attach to (starting if needed) this kernel's embedded fabric."""
     address = os.environ.get("PERPER_FABRIC")
     if address:
         api.connect(address)
         return LabSession(address)
-    run_dir = Path(tempfile.mkdtemp(prefix="perper-lab-"))
-    fabric = start_on_free_ports(run_dir, nodes=1, exit_with_pid=os.getpid())
-    session = LabSession(fabric.address, fabric=fabric)
+    embedded = EmbeddedFabric(embedded_root() / kernel_key())
+    address, reattached = embedded.attach()
+    session = LabSession(address, embedded=embedded, reattached=reattached)
     try:
-        api.connect(fabric.address)
-        session.pool = WorkerPool(fabric.address, log_dir=run_dir)
-        session.pool.scale(workers)
+        api.connect(address)
     except BaseException:
-        session.stop()
+        session.detach()
         raise
     return session
 
@@ -80,17 +82,17 @@ def load(ipython) -> None:  # noqa: ANN001 - IPython's InteractiveShell
 
     if _session is None:
         _session = start_session()
-        atexit.register(_stop_session)
+        atexit.register(_detach)
     ipython.register_magics(PerperMagics)
     print(f"perper_lab: {_session.describe()}")
 
 
 def unload(ipython) -> None:  # noqa: ANN001
-    _stop_session()
+    _detach()
 
 
-def _stop_session() -> None:
+def _detach() -> None:
     global _session
     if _session is not None:
         session, _session = _session, None
-        session.stop()
+        session.detach()

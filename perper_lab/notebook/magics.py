@@ -117,13 +117,9 @@ def _parse(magic: object, line: str):  # noqa: ANN202 - argparse.Namespace
 
 
 def _scale_workers(count: int) -> str:
-    from perper_lab.notebook.extension import current_session
+    import perper_lab
 
-    session = current_session()
-    if session is None or session.pool is None:
-        raise PerperError("%perper workers scales the local worker pool of the embedded fabric; with "
-                          "PERPER_FABRIC, start workers with `perper-lab worker --fabric ...`")
-    session.pool.scale(count)
+    perper_lab.workers().scale(count)
     return f"{count} local worker(s) running"
 
 
