@@ -28,6 +28,7 @@ from perper_lab.fabric.launcher import default_run_dir, start_on_free_ports
 from perper_lab.runtime.pool import WorkerPool
 
 DEFAULT_GRACE = 20.0
+ERROR_PREFIX = "perper-lab: error: "
 
 
 def embedded_root() -> Path:
@@ -90,14 +91,18 @@ class EmbeddedFabric:
         deadline = time.monotonic() + timeout
         while not (ready := self.ready):
             if supervisor.poll() is not None:
-                tail = "\n".join((self.directory / "supervisor.log").read_text(errors="replace").splitlines()[-8:])
-                raise PerperError(f"the embedded fabric did not start:\n{tail}")
+                raise PerperError(f"the embedded fabric did not start: {self._failure()}")
             if time.monotonic() > deadline:
                 supervisor.terminate()
                 raise PerperError(f"the embedded fabric was not ready within {timeout:g}s; "
                                   f"see {self.directory / 'supervisor.log'}")
             time.sleep(0.2)
         return ready["address"], False
+
+    def _failure(self) -> str:
+        lines = (self.directory / "supervisor.log").read_text(errors="replace").splitlines()
+        reasons = [line.removeprefix(ERROR_PREFIX) for line in lines if line.startswith(ERROR_PREFIX)]
+        return reasons[-1] if reasons else "\n".join(lines[-8:])
 
     def detach(self) -> None:
         (self.directory / "kernels" / str(os.getpid())).unlink(missing_ok=True)
@@ -195,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE)
     args = parser.parse_args(argv)
-    supervise(args.directory, args.workers, args.grace)
+    try:
+        supervise(args.directory, args.workers, args.grace)
+    except PerperError as exc:
+        print(f"{ERROR_PREFIX}{exc}", flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,26 @@ def test_unknown_perper_command_lists_the_commands(shell):
         shell.run_line_magic("perper", "frobnicate")
 
 
+
+
+def test_load_ext_with_a_fabric_that_is_down_is_a_one_line_error(monkeypatch):
+    from perper_lab.fabric.launcher import free_port_offset
+
+    monkeypatch.setenv("PERPER_FABRIC", f"127.0.0.1:{10800 + free_port_offset()}")
+    ip = InteractiveShell.instance()
+    try:
+        with pytest.raises(UsageError, match="no fabric node answers at 127.0.0.1"):
+            extension.load(ip)
+        assert extension.current_session() is None
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_embedded_fabric_without_java_says_so_in_one_line(monkeypatch, tmp_path):
+    from perper_lab.embedded import EmbeddedFabric
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no java, no mvn
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    embedded = EmbeddedFabric(tmp_path / "embedded")
+    with pytest.raises(perper_lab.PerperError, match="did not start: Java was not found"):
+        embedded.attach(timeout=60)

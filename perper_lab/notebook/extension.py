@@ -14,8 +14,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from IPython.core.error import UsageError
+
 from perper_lab import api
 from perper_lab.embedded import EmbeddedFabric, embedded_root
+from perper_lab.errors import PerperError
 
 
 @dataclass
@@ -81,7 +84,10 @@ def load(ipython) -> None:  # noqa: ANN001 - IPython's InteractiveShell
     from perper_lab.notebook.magics import PerperMagics
 
     if _session is None:
-        _session = start_session()
+        try:
+            _session = start_session()
+        except PerperError as exc:
+            raise UsageError(f"perper_lab: {exc}") from None
         atexit.register(_detach)
     ipython.register_magics(PerperMagics)
     print(f"perper_lab: {_session.describe()}")
