@@ -24,6 +24,21 @@ from perper_lab.fabric.client import FabricClient
 from perper_lab.streams import Stream
 
 CHART_SECONDS = 60
+_bokehjs_loaded = False
+
+
+def load_bokehjs() -> None:
+    """jupyter_bokeh's chart widget needs BokehJS in the page: load it inline (offline), once per kernel."""
+    global _bokehjs_loaded
+    from IPython import get_ipython
+
+    if _bokehjs_loaded or get_ipython() is None:
+        return
+    from bokeh.io import output_notebook
+    from bokeh.resources import INLINE
+
+    output_notebook(INLINE, hide_banner=True)
+    _bokehjs_loaded = True
 
 
 class StreamView(widgets.VBox):
@@ -33,6 +48,7 @@ class StreamView(widgets.VBox):
     """
 
     def __init__(self, stream: Stream, *, errors: Stream | None = None, rows: int = 10, rate: float = 2.0) -> None:
+        load_bokehjs()
         self.stream = stream
         self.errors = errors
         self.rows = rows
@@ -47,6 +63,11 @@ class StreamView(widgets.VBox):
         chart.line("t", "rate", source=self.source, line_width=2)
         self.chart = BokehModel(chart)
         super().__init__([self.title, self.counters, self.chart, self.table, self.last_error])
+        # Stable hooks for styling and for the browser test.
+        self.add_class("perper-stream-view")
+        for widget, name in ((self.title, "title"), (self.counters, "counters"), (self.chart, "chart"),
+                             (self.table, "table"), (self.last_error, "last-error")):
+            widget.add_class(f"perper-{name}")
         self._stop = threading.Event()
         self.updates = 0
         self._thread = threading.Thread(target=self._pump, name=f"perper-view-{stream.name}", daemon=True)
