@@ -80,6 +80,7 @@ def test_starting_on_a_port_in_use_raises_fabric_start_error_naming_the_port(tmp
     port = {"client": layout.client_port, "discovery": layout.discovery_port,
             "communication": layout.communication_port}[role]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         try:

@@ -110,6 +110,7 @@ class LocalFabric:
         self.region_mb = region_mb
         self.heap_mb = heap_mb
         self.exit_with_pid = exit_with_pid
+        self._log_starts: dict[int, int] = {}
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -193,7 +194,10 @@ class LocalFabric:
             args.append("--persistence")
         if self.exit_with_pid:
             args += ["--exit-with-pid", str(self.exit_with_pid)]
-        with self.log_file(index).open("ab") as log:
+        log_path = self.log_file(index)
+        # The log is appended to across runs: only what this JVM writes counts as its readiness.
+        self._log_starts[index] = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
             # A session of its own: Ctrl-C in a terminal or notebook must not kill the fabric midway.
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
@@ -205,6 +209,9 @@ class LocalFabric:
         for port, role in ((node.client_port, "thin-client"), (node.discovery_port, "discovery"),
                            (node.communication_port, "communication")):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # Like the JVM's server sockets: TIME_WAIT leftovers of a stopped node do not block a
+                # bind, a listening socket still does (on Linux and macOS).
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((self.host, port))
                 except OSError:
@@ -216,9 +223,12 @@ class LocalFabric:
 
     def _wait_ready(self, index: int, process: subprocess.Popen, deadline: float, timeout: float) -> None:
         log = self.log_file(index)
+        start = self._log_starts.get(index, 0)
         while True:
-            if READY_MARKER in log.read_text(errors="replace"):
-                return
+            with log.open("rb") as text:
+                text.seek(start)
+                if READY_MARKER.encode() in text.read():
+                    return
             if process.poll() is not None:
                 raise FabricStartError(
                     f"fabric node {index} exited with code {process.returncode} while starting; "

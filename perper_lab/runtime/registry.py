@@ -246,10 +246,11 @@ def wait_deployed(fabric: FabricClient, spec: FunctionSpec, timeout: float = 15.
     while True:
         now = time.time()
         leases = fabric.cache(LEASES_CACHE).get_all(keys)
-        running = [json.loads(text) for text in leases.values()]
-        if len(running) == len(keys) and all(
-                lease["expires"] > now and lease.get("version") == spec.version
-                and lease.get("generation") == spec.generation for lease in running):
+        finished = fabric.cache(STATE_CACHE).get_all([done_key(key) for key in keys])
+        running = {key: json.loads(text) for key, text in leases.items()}
+        if all(finished.get(done_key(key)) == done_mark(spec)  # ran this version to the end of its input
+               or (key in running and running[key]["expires"] > now and running[key].get("version") == spec.version
+                   and running[key].get("generation") == spec.generation) for key in keys):
             return
         if time.monotonic() > deadline:
             raise FunctionError(f"{spec.output!r} version {spec.version} is not running on workers after "
@@ -264,6 +265,7 @@ def delete_function(fabric: FabricClient, output: str, *, delete_output: bool = 
     partitions = open_stream(fabric, output).partitions
     fabric.cache(STATE_CACHE).remove_keys(
         [status_key(output)] + [offset_key(output, g, q) for g in range(spec.generation + 1) for q in range(partitions)]
+        + [done_key(lease_key(output, i)) for i in range(spec.parallelism)]
     )
     fabric.cache(FUNCTIONS_CACHE).remove_keys([output])
     if delete_output:
@@ -304,6 +306,15 @@ def status_key(output: str) -> str:
 
 def offset_key(output: str, generation: int, partition: int) -> str:
     return f"offset/{output}/{generation}/{partition}"
+
+
+def done_key(lease: str) -> str:
+    """Where a worker notes that instance ``lease`` (``output#i``) has finished its input."""
+    return f"done/{lease}"
+
+
+def done_mark(spec: FunctionSpec) -> str:
+    return f"{spec.version}/{spec.generation}"
 
 
 def lease_key(output: str, instance: int) -> str:

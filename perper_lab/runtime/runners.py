@@ -125,7 +125,18 @@ class TransformRunner(_Runner):
                 after.done = True
                 break
             items = decode_items(value)
-            result = run_batch(spec, self.fn, items, lane.input, (lane.partition, after.seq))
+            try:
+                result = run_batch(spec, self.fn, items, lane.input, (lane.partition, after.seq))
+            except FunctionStopped as stopped:
+                if entries:
+                    self._commit(q, after, entries)  # the batches before the failing one are done
+                # Whatever the policy, the failing item goes to the dead-letter stream. The offset stays
+                # before this batch: a function registered again re-runs it and overwrites this record.
+                self._batches.put_all({
+                    batch_key(self.errors, q, after.seq): encode_items([stopped.record]),
+                    head_key(self.errors, q): Head(after.seq + 1, after.errors + 1).encode(),
+                })
+                raise
             entries[batch_key(self.out, q, after.seq)] = encode_items(result.outputs)
             entries[batch_key(self.errors, q, after.seq)] = encode_items(result.errors)
             after.seq += 1

@@ -28,6 +28,8 @@ from perper_lab.runtime.registry import (
     STATE_CACHE,
     WORKERS_CACHE,
     FunctionSpec,
+    done_key,
+    done_mark,
     lease_key,
     list_functions,
     status_key,
@@ -87,6 +89,11 @@ class Worker:
             except FunctionStopped as stopped:
                 self._fail(runner.spec, f"stopped on an error (policy 'stop'): {stopped}", stopped.record)
                 self._drop(key)
+                continue
+            if runner.finished:
+                # A finished instance gives its lease (and its slot) back and is not wanted again.
+                self._state.put(done_key(key), done_mark(runner.spec))
+                self._drop(key)
         return processed
 
     # -- leases ---------------------------------------------------------------------------------
@@ -97,7 +104,13 @@ class Worker:
         now = time.time()
         failed = {key.removeprefix("status/") for key, _ in self._state.items("status/")}
         specs = {s.output: s for s in list_functions(self.fabric) if s.state == "running" and s.output not in failed}
-        wanted = {lease_key(s.output, i): (s, i) for s in specs.values() for i in range(s.parallelism)}
+        done = dict(self._state.items("done/"))
+        wanted = {}
+        for s in specs.values():
+            for i in range(s.parallelism):
+                key = lease_key(s.output, i)
+                if done.get(done_key(key)) != done_mark(s):
+                    wanted[key] = (s, i)
         self._workers.put(self.id, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                                "heartbeat": now, "instances": sorted(self.held)}))
         live = sum(1 for _, text in self._workers.items() if json.loads(text)["heartbeat"] > now - self.lease_ttl)
@@ -123,6 +136,9 @@ class Worker:
                 try:
                     self.runners[key] = make_runner(self.fabric, spec, index)
                     log.info("worker %s: running %s (version %s)", self.id, key, spec.version)
+                except FabricError:
+                    self._drop(key)  # the fabric's trouble, not the function's: claim it again later
+                    raise
                 except PerperError as exc:
                     self._fail(spec, str(exc))
                     self._drop(key)

@@ -357,30 +357,36 @@ class StreamWriter:
             self.append(item)
 
     def flush(self) -> None:
+        """Write the buffered items. If it raises, nothing changed and the flush can be retried."""
         entries: dict[str, Any] = {}
+        heads = list(self._heads)
         for partition, buffer in enumerate(self._buffers):
             if buffer:
-                self._add_batch(entries, partition, encode_items(buffer), len(buffer))
-                self._buffers[partition] = []
+                self._add_batch(entries, heads, partition, encode_items(buffer), len(buffer))
         self.stream._batches.put_all(entries)
+        self._heads = heads
+        self._buffers = [[] for _ in self._buffers]
         self._oldest = None
 
     def close(self) -> None:
         """Flush, then write the end marker to every partition still open."""
         self.flush()
         entries: dict[str, Any] = {}
-        for partition, head in enumerate(self._heads):
+        heads = list(self._heads)
+        for partition, head in enumerate(heads):
             if not head.closed:
                 entries[batch_key(self.stream.prefix, partition, head.batches)] = END_OF_PARTITION
-                self._heads[partition] = Head(head.batches, head.items, closed=True)
-                entries[head_key(self.stream.prefix, partition)] = self._heads[partition].encode()
+                heads[partition] = Head(head.batches, head.items, closed=True)
+                entries[head_key(self.stream.prefix, partition)] = heads[partition].encode()
         self.stream._batches.put_all(entries)
+        self._heads = heads
 
-    def _add_batch(self, entries: dict[str, Any], partition: int, value: bytes, count: int) -> None:
-        head = self._heads[partition]
+    def _add_batch(self, entries: dict[str, Any], heads: list[Head], partition: int, value: bytes,
+                   count: int) -> None:
+        head = heads[partition]
         entries[batch_key(self.stream.prefix, partition, head.batches)] = value
-        self._heads[partition] = Head(head.batches + 1, head.items + count)
-        entries[head_key(self.stream.prefix, partition)] = self._heads[partition].encode()
+        heads[partition] = Head(head.batches + 1, head.items + count)
+        entries[head_key(self.stream.prefix, partition)] = heads[partition].encode()
 
     def __enter__(self) -> StreamWriter:
         return self
