@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from perper_lab.errors import PerperError
+from perper_lab.fabric.launcher import DEFAULT_REGION_MB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--persistence", metavar="DIR", help="keep data on disk in DIR (Ignite native persistence)")
     start.add_argument("--port-offset", type=int, default=0,
                        help="add this to every port (thin client 10800+i, discovery 47500+i, communication 47100+i)")
+    start.add_argument("--region-mb", type=int, default=DEFAULT_REGION_MB,
+                       help=f"cap of each node's data region in MB (default {DEFAULT_REGION_MB}); an in-memory "
+                            "fabric holds every stream, so delete streams you no longer need")
     start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the nodes (default 120)")
     start.set_defaults(handler=fabric_start)
     for name, handler, text in (("status", fabric_status, "show the local fabric's nodes"),
@@ -83,7 +87,7 @@ def fabric_start(args: argparse.Namespace) -> None:
     from perper_lab.fabric.launcher import LocalFabric
 
     fabric = LocalFabric(args.run_dir, nodes=args.nodes, port_offset=args.port_offset,
-                         persistence=args.persistence)
+                         persistence=args.persistence, region_mb=args.region_mb)
     fabric.start(timeout=args.timeout)
     print(f"fabric ready: {args.nodes} node(s) at {fabric.address} (logs in {fabric.run_dir})")
     print(f"connect with: export PERPER_FABRIC={fabric.address}")

@@ -21,6 +21,9 @@ from perper_lab.errors import FabricStartError, FabricUnavailable
 from perper_lab.fabric.client import FabricClient
 
 READY_MARKER = "PERPER-FABRIC-READY"
+# The cap of a node's data region. Memory is taken as streams grow (from 64 MB), so a high cap costs
+# nothing until used; an in-memory node that reaches it stops (Ignite's out-of-memory is fatal).
+DEFAULT_REGION_MB = 1024
 JVM_OPTIONS = Path(__file__).with_name("jvm.options")
 CLIENT_PORT, DISCOVERY_PORT, COMMUNICATION_PORT = 10800, 47500, 47100
 
@@ -98,7 +101,7 @@ class LocalFabric:
     """
 
     def __init__(self, run_dir: Path | str | None = None, *, nodes: int = 1, port_offset: int = 0,
-                 persistence: Path | str | None = None, host: str = "127.0.0.1", region_mb: int = 256,
+                 persistence: Path | str | None = None, host: str = "127.0.0.1", region_mb: int = DEFAULT_REGION_MB,
                  heap_mb: int = 512, exit_with_pid: int | None = None) -> None:
         if nodes < 1:
             raise FabricStartError(f"a fabric needs at least one node, not {nodes}")

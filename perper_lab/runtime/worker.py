@@ -35,6 +35,7 @@ from perper_lab.runtime.registry import (
     status_key,
 )
 from perper_lab.runtime.runners import SourceRunner, TransformRunner, make_runner
+from perper_lab.streams.stream import MAX_POLL_INTERVAL
 
 log = logging.getLogger("perper_lab.worker")
 
@@ -77,7 +78,7 @@ class Worker:
                     idle = 0.001
                 else:
                     stop.wait(idle)
-                    idle = min(idle * 2, 0.05)
+                    idle = min(idle * 2, MAX_POLL_INTERVAL)
         finally:
             self.shutdown()
 

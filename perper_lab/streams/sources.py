@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -11,7 +12,7 @@ import pandas as pd
 
 from perper_lab.errors import PerperError
 from perper_lab.fabric.client import FabricClient
-from perper_lab.streams.stream import Stream, create_stream
+from perper_lab.streams.stream import Stream, StreamWriter, create_stream
 
 
 class ReplayedStream(Stream):
@@ -58,14 +59,11 @@ def from_iterable(items: Iterable[Any], name: str, *, fabric: FabricClient, rate
             with FabricClient(address, timeout=timeout) as own:
                 target = stream.bind(own)
                 writer = target.writer(batch_size=batch_size, key=key)
-                started = time.monotonic()
-                for index, item in enumerate(items):
-                    writer.append(item)
-                    if rate is not None:
-                        lag = started + index / rate - time.monotonic()
-                        if lag > 0:
-                            writer.flush()
-                            time.sleep(lag)
+                if rate is None:
+                    for chunk in _chunks(items, batch_size):
+                        writer.extend(chunk)
+                else:
+                    _paced(items, writer, rate)
                 writer.close()
         except BaseException as exc:  # reported by ReplayedStream.wait_closed, never lost
             handle.error = exc
@@ -74,6 +72,25 @@ def from_iterable(items: Iterable[Any], name: str, *, fabric: FabricClient, rate
     handle = ReplayedStream(stream, thread)
     thread.start()
     return handle
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _paced(items: Iterable[Any], writer: StreamWriter, rate: float) -> None:
+    """Append at ``rate`` items per second. While ahead of schedule the writer's linger decides when to
+    flush, so that batches stay larger than a few items; before a longer pause it flushes at once."""
+    started = time.monotonic()
+    for index, item in enumerate(items):
+        writer.append(item)
+        ahead = started + (index + 1) / rate - time.monotonic()
+        if ahead > writer.linger:
+            writer.flush()
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def from_dataframe(df: pd.DataFrame, name: str, *, fabric: FabricClient, rate: float | None = None,

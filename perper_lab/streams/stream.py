@@ -27,6 +27,7 @@ from perper_lab.streams.encoding import END_OF_PARTITION, decode_items, encode_i
 
 STREAMS_CACHE = "perper-control-streams"
 BATCHES_CACHE = "perper-data-batches"
+MAX_POLL_INTERVAL = 0.01  # idle readers poll at most this far apart: latency against idle load
 READ_PAGE = 32  # batches per get_all: large enough to amortise a round trip, small enough to decode fast
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 
@@ -242,7 +243,7 @@ class Stream:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, MAX_POLL_INTERVAL)
         return True
 
     def __iter__(self) -> Iterator[Any]:
@@ -353,8 +354,37 @@ class StreamWriter:
             self.flush()
 
     def extend(self, items: Any) -> None:
-        for item in items:
-            self.append(item)
+        """Append many items. Unkeyed, they are dealt out in runs rather than routed one by one."""
+        if self._key is not None:
+            for item in items:
+                self.append(item)
+            return
+        items = list(items)
+        partitions = self.stream.partitions
+        closed = [p for p, head in enumerate(self._heads) if head.closed]
+        if closed:
+            raise StreamClosed(f"stream {self.stream.name!r} partition {closed[0]} is closed")
+        if self._oldest is None and items:
+            self._oldest = time.monotonic()
+        # Round-robin, item i to partition (next + i) mod P: the same placement append() gives.
+        for offset in range(min(partitions, len(items))):
+            partition = (self._next_partition + offset) % partitions
+            self._buffers[partition].extend(items[offset::partitions])
+        self._next_partition = (self._next_partition + len(items)) % partitions
+        while any(len(buffer) >= self.batch_size for buffer in self._buffers):
+            self._flush_full()
+        if self._oldest is not None and time.monotonic() - self._oldest >= self.linger:
+            self.flush()
+
+    def _flush_full(self) -> None:
+        """Write one full batch from each partition that has one; keep the rest buffered."""
+        size = self.batch_size
+        rest = [buffer[size:] if len(buffer) >= size else buffer for buffer in self._buffers]
+        self._buffers = [buffer[:size] if len(buffer) >= size else [] for buffer in self._buffers]
+        oldest = self._oldest
+        self.flush()
+        self._buffers = rest
+        self._oldest = oldest if any(rest) else None
 
     def flush(self) -> None:
         """Write the buffered items. If it raises, nothing changed and the flush can be retried."""
