@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 JAR := fabric/target/perper-fabric.jar
 JAVA_SOURCES := $(shell find fabric/src -name '*.java')
 CHROMIUM := /usr/bin/chromium
+# The JupyterLab extension is built by `pip install -e .` (hatch-jupyter-builder; needs Node.js >= 20.19).
+EXTENSION := extension/package.json extension/yarn.lock $(wildcard extension/src/*.ts extension/style/*)
 
 .PHONY: setup demo test lint bench clean browser
 
 setup: $(VENV)/.installed $(JAR)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(EXTENSION)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
@@ -47,4 +49,4 @@ bench: setup
 	env -u PERPER_FABRIC PYTHONPATH=. $(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) fabric/target output
+	rm -rf $(VENV) fabric/target output perper_lab/labextension extension/lib extension/node_modules extension/tsconfig.tsbuildinfo

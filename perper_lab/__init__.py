@@ -72,3 +72,13 @@ def workers():  # noqa: ANN201 - returns the embedded fabric's worker handle
         raise PerperError("there is no local worker pool: it comes with the embedded fabric of %load_ext "
                           "perper_lab; with PERPER_FABRIC set, start workers with `perper-lab worker`")
     return session.embedded
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab extension (the "Perper" sidebar), built from ``extension/``."""
+    return [{"src": "labextension", "dest": "perper-lab"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The jupyter_server extension the sidebar reads (``perper_lab.server``)."""
+    return [{"module": "perper_lab.server"}]
