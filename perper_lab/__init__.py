@@ -6,9 +6,9 @@ From Python: :func:`connect`, :func:`from_dataframe`, :func:`register`, :func:`s
 
 from perper_lab.api import (
     connect,
+    current_fabric,
     delete,
     disconnect,
-    fabric,
     from_dataframe,
     from_iterable,
     register,
@@ -29,9 +29,9 @@ from perper_lab.streams import Stream
 __version__ = "0.1.0"
 
 __all__ = ["FabricError", "FabricStartError", "FabricUnavailable", "FunctionRejected", "PerperError",
-           "Stream", "StreamNotFound", "connect", "dashboard", "delete", "disconnect", "fabric", "from_dataframe",
-           "from_iterable", "load_ipython_extension", "register", "run_app", "show", "status", "stream",
-           "unload_ipython_extension", "workers"]
+           "Stream", "StreamNotFound", "connect", "current_fabric", "dashboard", "delete", "disconnect",
+           "from_dataframe", "from_iterable", "load_ipython_extension", "register", "run_app", "show", "status",
+           "stream", "unload_ipython_extension", "workers"]
 
 
 def load_ipython_extension(ipython) -> None:  # noqa: ANN001 - IPython's InteractiveShell
@@ -59,7 +59,7 @@ def dashboard():  # noqa: ANN201 - returns an ipywidgets widget
     """A live widget listing every stream, function and worker of the fabric."""
     from perper_lab.notebook.dashboard import Dashboard
 
-    return Dashboard(fabric())
+    return Dashboard(current_fabric())
 
 
 def workers():  # noqa: ANN201 - returns the embedded fabric's worker handle

@@ -49,7 +49,8 @@ def connect(address: str | None = None, timeout: float = 5.0) -> FabricClient:
     return client
 
 
-def fabric() -> FabricClient:
+def current_fabric() -> FabricClient:
+    """The connection made by :func:`connect` (or by ``%load_ext perper_lab``)."""
     if _default is None:
         raise PerperError("not connected to a fabric: call perper_lab.connect() or run %load_ext perper_lab")
     return _default
@@ -71,9 +72,9 @@ class FunctionOutput(Stream):
             raise FunctionError(f"the function writing {self.name!r} failed: {failed['reason']}")
 
 
-def stream(name: str) -> Stream:
-    """The stream ``name`` of the current fabric."""
-    found = open_stream(fabric(), name)
+def stream(name: str, generation: int | None = None) -> Stream:
+    """The stream ``name`` of the current fabric (its latest generation unless one is asked for)."""
+    found = open_stream(current_fabric(), name, generation)
     if found.producer:
         return FunctionOutput(found.fabric, found.meta)
     return found
@@ -82,13 +83,13 @@ def stream(name: str) -> Stream:
 def from_dataframe(df: pd.DataFrame, name: str, rate: float | None = None, partitions: int = 1,
                    key: str | Callable[[Any], Any] | None = None) -> Stream:
     """Replay a DataFrame's rows (as dicts) into a new stream, in the background; see streams.sources."""
-    return _from_dataframe(df, name, fabric=fabric(), rate=rate, partitions=partitions, key=key)
+    return _from_dataframe(df, name, fabric=current_fabric(), rate=rate, partitions=partitions, key=key)
 
 
 def from_iterable(items: Iterable[Any], name: str, rate: float | None = None, partitions: int = 1,
                   key: str | Callable[[Any], Any] | None = None) -> Stream:
     """Replay any iterable into a new stream, in the background; see streams.sources."""
-    return _from_iterable(items, name, fabric=fabric(), rate=rate, partitions=partitions, key=key)
+    return _from_iterable(items, name, fabric=current_fabric(), rate=rate, partitions=partitions, key=key)
 
 
 def register(fn: Callable[..., Any], output: str, input: str | list[str] | None = None, *, kind: str = "map",
@@ -99,7 +100,7 @@ def register(fn: Callable[..., Any], output: str, input: str | list[str] | None 
     ``replay`` reprocesses the inputs from the start into a new generation of ``output``.
     """
     inputs = [] if input is None else [input] if isinstance(input, str) else list(input)
-    return register_function(fabric(), fn, output, inputs, kind=kind, parallelism=parallelism,
+    return register_function(current_fabric(), fn, output, inputs, kind=kind, parallelism=parallelism,
                              on_error=on_error, partitions=partitions, replay=replay)
 
 
@@ -115,8 +116,9 @@ def run_app(app_dir: str | Path, input: str, *, output: str | None = None,
     if output and len(functions) > 1:
         raise PerperError(f"output names one stream, but {app_dir} has {len(functions)} functions "
                           f"({', '.join(f.name for f in functions)}); leave it out to use their folder names")
-    open_stream(fabric(), input)  # before registering anything
-    return [register_function(fabric(), function.main, output or function.name, [input], parallelism=parallelism,
+    fabric = current_fabric()
+    open_stream(fabric, input)  # before registering anything
+    return [register_function(fabric, function.main, output or function.name, [input], parallelism=parallelism,
                               source=function.source, seed_style=True, name=function.name)
             for function in functions]
 
@@ -126,7 +128,7 @@ def delete(name: str, client: FabricClient | None = None) -> None:
 
     A stream that a function reads cannot be deleted until that function is.
     """
-    client = client or fabric()
+    client = client or current_fabric()
     open_stream(client, name)
     functions = list_functions(client)
     readers = [spec.output for spec in functions if name in spec.inputs]
@@ -141,7 +143,7 @@ def delete(name: str, client: FabricClient | None = None) -> None:
 
 def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
     """Streams, functions and workers of the fabric, each as a DataFrame."""
-    client = client or fabric()
+    client = client or current_fabric()
     now = time.time()
     streams = []
     for meta in sorted(list_streams(client), key=lambda m: m["name"]):

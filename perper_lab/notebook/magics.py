@@ -68,7 +68,7 @@ class PerperMagics(Magics):
         kind = ("source" if args.source else "batch" if args.batch
                 else "flat_map" if inspect.isgeneratorfunction(fn) else "map")
         try:
-            fabric = api.fabric()
+            fabric = api.current_fabric()
             spec = register_function(fabric, fn, args.output, args.input, kind=kind,
                                      parallelism=args.parallelism, on_error=args.on_error,
                                      partitions=args.partitions, replay=args.replay,
@@ -92,7 +92,7 @@ class PerperMagics(Magics):
                 api.delete(rest[0])
                 return f"deleted {rest[0]!r}"
             if command == "stop" and len(rest) == 1:
-                stop_function(api.fabric(), rest[0])
+                stop_function(api.current_fabric(), rest[0])
                 return f"stopped {rest[0]!r}; its output stays readable"
             if command == "workers" and len(rest) == 1 and rest[0].isdigit():
                 return _scale_workers(int(rest[0]))
@@ -100,9 +100,9 @@ class PerperMagics(Magics):
                 from perper_lab.notebook.extension import current_session
 
                 session = current_session()
-                return session.describe() if session else f"connected to {api.fabric().address}"
+                return session.describe() if session else f"connected to {api.current_fabric().address}"
             if command == "show" and len(rest) == 1:
-                return StreamView(open_stream(api.fabric(), rest[0]))
+                return StreamView(open_stream(api.current_fabric(), rest[0]))
         except PerperError as exc:
             raise UsageError(str(exc)) from None
         raise UsageError(f"unknown %perper command {line!r}; "
