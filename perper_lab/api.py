@@ -36,6 +36,7 @@ from perper_lab.streams import from_dataframe as _from_dataframe
 from perper_lab.streams import from_iterable as _from_iterable
 
 _default: FabricClient | None = None
+WORKER_GONE_AFTER = 30.0  # seconds without a heartbeat after which status() leaves a worker out
 
 
 def connect(address: str | None = None, timeout: float = 5.0) -> FabricClient:
@@ -64,12 +65,24 @@ def disconnect() -> None:
 
 
 class FunctionOutput(Stream):
-    """A stream written by a function: waiting on it also reports the function's failure."""
+    """A stream written by a function: waiting on it also reports the function's failure, and a
+    timeout says whether any worker runs the function at all."""
 
     def _check_producer(self) -> None:
         failed = failure(self.fabric, self.producer)
         if failed:
             raise FunctionError(f"the function writing {self.name!r} failed: {failed['reason']}")
+
+    def wait_closed(self, timeout: float | None = None, poll: float = 0.05) -> None:
+        try:
+            super().wait_closed(timeout, poll)
+        except TimeoutError as exc:
+            now = time.time()
+            leases = [json.loads(text) for _, text in self.fabric.cache(LEASES_CACHE).items(self.producer + "#")]
+            if not any(lease["expires"] > now for lease in leases):
+                raise TimeoutError(f"{exc}; no worker runs its function: start one with "
+                                   f"`perper-lab worker --fabric {self.fabric.address}`") from None
+            raise
 
 
 def stream(name: str, generation: int | None = None) -> Stream:
@@ -173,6 +186,8 @@ def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
     workers = []
     for worker_id, text in sorted(client.cache(WORKERS_CACHE).items()):
         record = json.loads(text)
+        if now - record["heartbeat"] > WORKER_GONE_AFTER:
+            continue  # a crashed worker never signs off
         workers.append({"worker": worker_id, "host": record["host"], "pid": record["pid"],
                         "heartbeat_age_s": round(now - record["heartbeat"], 1),
                         "instances": ", ".join(record["instances"])})

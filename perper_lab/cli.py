@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args) or 0
-    except PerperError as exc:
+    except (PerperError, TimeoutError) as exc:
         print(f"perper-lab: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

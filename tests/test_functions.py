@@ -326,3 +326,50 @@ def test_deleting_a_function_removes_it_its_offsets_and_its_streams(client, work
     api.delete(source.name, client)  # nobody reads it any more
     with pytest.raises(StreamNotFound):
         open_stream(client, source.name)
+
+
+def test_outputs_that_cannot_be_stored_and_sys_exit_become_dead_letters(client, workers, unique_name):
+    source = fill(client, unique_name("in"), list(range(20)), batch_size=5)
+
+    def awkward(x):
+        import sys
+        import threading
+
+        if x == 5:
+            return threading.Lock()  # cannot be pickled, so cannot be stored
+        if x == 7:
+            sys.exit(3)  # must not end the worker
+        return x
+
+    output = unique_name("out")
+    register_function(client, awkward, output, [source.name])
+    result = list(wait_output(client, workers, output))
+    errors = list(open_stream(client, output + ".errors"))
+
+    assert result == [x for x in range(20) if x not in (5, 7)]
+    assert sorted(record["error"] for record in errors) == ["SystemExit", "TypeError"]
+    assert any("cannot be stored" in record["message"] for record in errors)
+    assert len(workers.pids) == 1  # the worker is still alive
+
+
+def test_a_generator_registered_as_a_map_runs_as_a_flat_map(client, workers, unique_name):
+    source = fill(client, unique_name("in"), [1, 2])
+
+    def twice(x):
+        yield x
+        yield x
+
+    output = unique_name("out")
+    spec = register_function(client, twice, output, [source.name])
+    assert spec.kind == "flat_map"
+    assert list(wait_output(client, workers, output)) == [1, 1, 2, 2]
+
+
+def test_a_functions_output_cannot_be_written_by_anyone_else(client, workers, unique_name):
+    from perper_lab.errors import StreamError
+
+    source = fill(client, unique_name("in"), [1])
+    output = unique_name("out")
+    register_function(client, lambda x: x, output, [source.name])
+    with pytest.raises(StreamError, match="is written by the function"):
+        open_stream(client, output).append(2)

@@ -223,3 +223,18 @@ def test_opening_a_missing_stream_raises_stream_not_found_naming_existing_stream
     assert "existing streams:" in message
     assert existing in message
     assert client.address in message
+
+
+def test_a_batch_too_large_for_one_entry_is_split_and_a_huge_item_refused(client, unique_name):
+    from perper_lab.errors import StreamError
+    from perper_lab.streams.stream import MAX_BATCH_BYTES
+
+    stream = create_stream(client, unique_name("big"))
+    chunks = [bytes([i]) * (MAX_BATCH_BYTES // 4) for i in range(6)]  # distinct: pickle would share equal ones
+    writer = stream.writer()
+    writer.extend(chunks)  # 1.5 times the limit: two or more batches
+    writer.close()
+    assert stream.heads()[0].batches >= 2
+    assert list(stream) == chunks
+    with pytest.raises(StreamError, match="larger than the"):
+        create_stream(client, unique_name("huge")).append(b"x" * (MAX_BATCH_BYTES + 1))

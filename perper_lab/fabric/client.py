@@ -50,7 +50,7 @@ def parse_addresses(addresses: str | Iterable[tuple[str, int]] | None) -> list[t
     nodes = []
     for part in addresses.split(","):
         host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise FabricError(
                 f"bad fabric address {part.strip()!r}: expected HOST:PORT, e.g. 127.0.0.1:10800 "
                 "(several separated by commas)"

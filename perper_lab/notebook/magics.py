@@ -51,11 +51,11 @@ class PerperMagics(Magics):
         The cell returns at once with a live view of OUTPUT.
         """
         args = _parse(self.perper_stream, line)
+        if args.source and args.batch:
+            raise UsageError("--source and --batch exclude each other")
         if args.source == bool(args.input):
             raise UsageError("%%perper_stream needs --input STREAM [STREAM ...], or --source for a function "
                              "that takes no input")
-        if args.source and args.batch:
-            raise UsageError("--source and --batch exclude each other")
         functions = defined_functions(cell)
         if len(functions) != 1:
             found = ", ".join(f.name for f in functions) or "none"
@@ -94,7 +94,9 @@ class PerperMagics(Magics):
             if command == "stop" and len(rest) == 1:
                 stop_function(api.current_fabric(), rest[0])
                 return f"stopped {rest[0]!r}; its output stays readable"
-            if command == "workers" and len(rest) == 1 and rest[0].isdigit():
+            if command == "workers" and len(rest) == 1:
+                if not rest[0].isdigit():
+                    raise UsageError(f"%perper workers N needs a number of workers (0 or more), not {rest[0]!r}")
                 return _scale_workers(int(rest[0]))
             if command == "fabric" and not rest:
                 from perper_lab.notebook.extension import current_session

@@ -7,6 +7,7 @@ exactly-once are written once for all of them.
 from __future__ import annotations
 
 import logging
+import pickle
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from perper_lab.runtime.registry import ErrorPolicy, FunctionSpec
+from perper_lab.streams.encoding import encode_items
 from perper_lab.streams.stream import to_frame
 
 
@@ -66,7 +68,7 @@ def run_batch(spec: FunctionSpec, fn: Callable[..., Any], items: list[Any], stre
                     produced = fn(item)
                 if spec.kind == "flat_map":
                     produced = list(produced) if produced is not None else []
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in a function must not end the worker
                 if attempt < policy.retries:
                     continue
                 record = error_record(spec, item, (*position, index), exc)
@@ -94,13 +96,37 @@ def _run_vectorised(spec: FunctionSpec, fn: Callable[[pd.DataFrame], Any], items
                                 f"not {type(frame).__name__}")
             result.outputs.extend(frame.to_dict("records"))
             return
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             if attempt < policy.retries:
                 continue
             record = error_record(spec, items, (*position, 0), exc)
             if policy.action == "stop":
                 raise FunctionStopped(record) from exc
             result.errors.append(record)
+
+
+def encode_result(spec: FunctionSpec, result: BatchResult, position: tuple[int, int]) -> tuple[bytes, bytes]:
+    """The batch values of a result's outputs and dead letters. An output that cannot be pickled (a lock,
+    a generator, ...) cannot be stored: it becomes a dead letter instead of failing the whole batch."""
+    try:
+        return encode_items(result.outputs), encode_items(result.errors)
+    except Exception:
+        pass  # find the culprits: the slow path runs only when a batch holds one
+    kept = []
+    for index, value in enumerate(result.outputs):
+        try:
+            pickle.dumps(value, protocol=5)
+        except Exception as exc:
+            problem = TypeError(f"the function returned a value that cannot be stored "
+                                f"({type(exc).__name__}: {exc}); return plain data instead")
+            record = error_record(spec, repr(value), (*position, index), problem)
+            if ErrorPolicy.parse(spec.on_error).action == "stop":
+                raise FunctionStopped(record) from exc
+            result.errors.append(record)
+        else:
+            kept.append(value)
+    result.outputs = kept
+    return encode_items(result.outputs), encode_items(result.errors)
 
 
 def error_record(spec: FunctionSpec, item: Any, position: tuple[int, int, int],

@@ -121,6 +121,8 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
         raise FunctionRejected(f"unknown function kind {kind!r}: use one of {', '.join(KINDS)}")
     if not isinstance(parallelism, int) or parallelism < 1:
         raise FunctionRejected(f"parallelism must be a positive integer, not {parallelism!r}")
+    if kind == "map" and inspect.isgeneratorfunction(fn):
+        kind = "flat_map"  # a generator yields the items it makes: calling it a map would store generators
     policy = ErrorPolicy.parse(on_error)
     try:
         check_name(output)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from perper_lab.fabric.client import FabricClient
-from perper_lab.runtime.execution import FunctionStopped, error_record, run_batch
+from perper_lab.runtime.execution import FunctionStopped, encode_result, error_record, run_batch
 from perper_lab.runtime.registry import STATE_CACHE, FunctionSpec, offset_key
 from perper_lab.streams.encoding import END_OF_PARTITION, decode_items, encode_items, is_end
 from perper_lab.streams.stream import BATCHES_CACHE, Head, batch_key, head_key, key_prefix, open_stream
@@ -127,6 +127,7 @@ class TransformRunner(_Runner):
             items = decode_items(value)
             try:
                 result = run_batch(spec, self.fn, items, lane.input, (lane.partition, after.seq))
+                outputs, errors = encode_result(spec, result, (lane.partition, after.seq))
             except FunctionStopped as stopped:
                 if entries:
                     self._commit(q, after, entries)  # the batches before the failing one are done
@@ -137,8 +138,8 @@ class TransformRunner(_Runner):
                     head_key(self.errors, q): Head(after.seq + 1, after.errors + 1).encode(),
                 })
                 raise
-            entries[batch_key(self.out, q, after.seq)] = encode_items(result.outputs)
-            entries[batch_key(self.errors, q, after.seq)] = encode_items(result.errors)
+            entries[batch_key(self.out, q, after.seq)] = outputs
+            entries[batch_key(self.errors, q, after.seq)] = errors
             after.seq += 1
             after.consumed += len(items)
             after.outputs += len(result.outputs)

@@ -28,6 +28,7 @@ from perper_lab.streams.encoding import END_OF_PARTITION, decode_items, encode_i
 STREAMS_CACHE = "perper-control-streams"
 BATCHES_CACHE = "perper-data-batches"
 MAX_POLL_INTERVAL = 0.01  # idle readers poll at most this far apart: latency against idle load
+MAX_BATCH_BYTES = 32 << 20  # larger batches are split; a larger single item is refused
 READ_PAGE = 32  # batches per get_all: large enough to amortise a round trip, small enough to decode fast
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 
@@ -310,6 +311,21 @@ def to_frame(items: list[Any]) -> pd.DataFrame:
     return pd.DataFrame({"value": items})
 
 
+def _encode_bounded(items: list[Any]) -> list[tuple[bytes, int]]:
+    """Encode ``items`` as one batch, or as several if one would exceed MAX_BATCH_BYTES: a fabric node
+    holds a whole batch in its heap while it stores it."""
+    if not items:
+        return []
+    value = encode_items(items)
+    if len(value) <= MAX_BATCH_BYTES:
+        return [(value, len(items))]
+    if len(items) == 1:
+        raise StreamError(f"an item of {len(value) / 2**20:.0f} MB is larger than the {MAX_BATCH_BYTES >> 20} MB "
+                          "a stream item may take; store large data elsewhere and stream references to it")
+    half = len(items) // 2
+    return _encode_bounded(items[:half]) + _encode_bounded(items[half:])
+
+
 class StreamWriter:
     """Buffers appends and writes them as batches, like a Kafka producer.
 
@@ -322,6 +338,9 @@ class StreamWriter:
                  key: str | Callable[[Any], Any] | None = None) -> None:
         if batch_size < 1:
             raise StreamError(f"batch_size must be at least 1, not {batch_size}")
+        if stream.producer:
+            raise StreamError(f"stream {stream.name!r} is written by the function {stream.producer!r}; "
+                              "a partition has one writer, so write to another stream (or to its input)")
         self.stream = stream
         self.batch_size = batch_size
         self.linger = linger
@@ -391,8 +410,8 @@ class StreamWriter:
         entries: dict[str, Any] = {}
         heads = list(self._heads)
         for partition, buffer in enumerate(self._buffers):
-            if buffer:
-                self._add_batch(entries, heads, partition, encode_items(buffer), len(buffer))
+            for value, count in _encode_bounded(buffer):
+                self._add_batch(entries, heads, partition, value, count)
         self.stream._batches.put_all(entries)
         self._heads = heads
         self._buffers = [[] for _ in self._buffers]
