@@ -174,12 +174,15 @@ def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
         consumed = sum(json.loads(text)["consumed"] for text in offsets.values())
         errors = sum(json.loads(text)["errors"] for text in offsets.values())
         failure = state.get(status_key(spec.output))
+        if failure:
+            errors += 1  # the item that stopped the function is a dead letter its offsets do not count
+        finished = spec.state == "running" and output.closed
         holders = sorted({lease["worker"] for key, lease in leases.items()
                           if key.startswith(spec.output + "#") and lease["expires"] > now})
         functions.append({
             "function": spec.function_name, "output": spec.output, "input": ", ".join(spec.inputs),
             "kind": spec.kind, "version": spec.version, "parallelism": spec.parallelism,
-            "state": json.loads(failure)["state"] if failure else spec.state,
+            "state": json.loads(failure)["state"] if failure else "finished" if finished else spec.state,
             "reason": json.loads(failure)["reason"] if failure else "",
             "workers": ", ".join(holders), "lag": offered - consumed if spec.inputs else 0, "errors": errors,
         })

@@ -115,8 +115,12 @@ def fabric_stop(args: argparse.Namespace) -> None:
     from perper_lab.fabric.launcher import LocalFabric
 
     fabric = LocalFabric.load(args.run_dir)
+    running = [node for node in fabric.status() if node.running]
+    if not running:
+        print(f"no node of the fabric in {args.run_dir} is running: nothing to stop")
+        return
     fabric.stop()
-    print(f"fabric stopped ({fabric.nodes} node(s))")
+    print(f"fabric stopped ({len(running)} node(s))")
 
 
 def run_worker(args: argparse.Namespace) -> None:

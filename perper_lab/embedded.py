@@ -127,6 +127,11 @@ class EmbeddedFabric:
     def __len__(self) -> int:
         return len(self.pids)
 
+    def __repr__(self) -> str:
+        ready = self.ready
+        where = f"fabric {ready['address']}" if ready else "not running"
+        return f"<embedded perper_lab fabric in {self.directory}: {where}, local worker pids {self.pids}>"
+
     def scale(self, count: int, timeout: float = 60.0) -> None:
         """Ask for ``count`` local workers and wait until they run."""
         if count < 0:

@@ -154,6 +154,10 @@ def test_cli_fabric_start_status_stop_on_its_own_offset(tmp_path):
         assert after.returncode == 1
         assert "node 0: stopped" in after.stdout
         assert "fabric: stopped" in after.stdout
+
+        again = perper_lab_cli("fabric", "stop", "--run-dir", str(run_dir))
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "nothing to stop" in again.stdout
     finally:
         if run_dir.joinpath("fabric.json").exists():
             LocalFabric.load(run_dir).stop()

@@ -756,6 +756,7 @@ def test_stop_policy_fails_the_function_and_wait_closed_raises(policy_lab, uniqu
     assert failed["item"] == "1234"
     assert "refuse_1234" in failed["traceback"]
     assert status["state"] == "failed"
+    assert status["errors"] == 1, "the item that stopped the function is counted as an error"
     got = list(open_stream(client, output))
     assert got == [x + 1 for x in range(len(got))] and len(got) < 1234, "output past the failing item"
     time.sleep(2.5)  # a failed function is not run again: nothing more comes

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import perper_lab
 from perper_lab.errors import FunctionNotFound, FunctionRejected, PerperError, StreamNotFound
 from perper_lab.runtime import get_function, register_function
 from perper_lab.runtime.registry import STATE_CACHE, status_key, wait_deployed
@@ -176,6 +177,23 @@ def test_function_status_is_not_failed_after_a_clean_run(client, workers, unique
     assert list(wait_output(client, workers, output)) == [1, 2, 3]
     failure = client.cache(STATE_CACHE).get(status_key(output))
     assert failure is None, json.loads(failure)
+    functions = perper_lab.status(client)["functions"].set_index("output")
+    assert functions.loc[output, "state"] == "finished"  # its input was closed and is drained
+
+
+def test_a_source_that_fails_says_so_in_status(client, workers, unique_name):
+    def not_a_generator():
+        return None  # not iterable: the source cannot start
+
+    output = unique_name("src")
+    register_function(client, not_a_generator, output, [], kind="source")
+    deadline = time.monotonic() + 30
+    while (failure := client.cache(STATE_CACHE).get(status_key(output))) is None:
+        assert time.monotonic() < deadline, "the failing source was never marked failed"
+        time.sleep(0.2)
+    reason = json.loads(failure)["reason"]
+    assert reason.startswith("the source failed: ") and "not iterable" in reason
+    assert "policy" not in reason  # a source has no error policy to blame
 
 
 def items_of(stream: Stream, partition: int) -> list:

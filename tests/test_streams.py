@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from perper_lab.errors import StreamClosed, StreamError, StreamNotFound
+from perper_lab.errors import PerperError, StreamClosed, StreamError, StreamNotFound
 from perper_lab.fabric.client import FabricClient
 from perper_lab.streams import create_stream, from_iterable, open_stream
 
@@ -238,3 +238,19 @@ def test_a_batch_too_large_for_one_entry_is_split_and_a_huge_item_refused(client
     assert list(stream) == chunks
     with pytest.raises(StreamError, match="larger than the"):
         create_stream(client, unique_name("huge")).append(b"x" * (MAX_BATCH_BYTES + 1))
+
+
+def test_a_failing_replay_says_so_even_if_nobody_waits_on_it(client, unique_name, capsys):
+    def rows():
+        yield from range(10)
+        raise OSError("the source file vanished")
+
+    name = unique_name()
+    replay = from_iterable(rows(), name, fabric=client, batch_size=4)
+    with pytest.raises(PerperError, match="the source file vanished"):
+        replay.wait_closed(timeout=30)
+
+    said = capsys.readouterr().err
+    assert f"replaying into {name!r} failed: the source file vanished" in said
+    assert "perper_lab.delete(name)" in said  # what to do about it
+    assert not open_stream(client, name).closed  # a truncated replay is never passed off as complete

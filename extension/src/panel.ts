@@ -212,7 +212,7 @@ function renderFabric(fabric: IFabric): HTMLElement {
           `reading ${f.inputs.join(', ') || 'nothing (a source)'}; ` +
           `workers: ${f.workers.join(', ') || 'none'}` +
           (f.reason ? `\n${f.reason}` : ''),
-        warn: f.state !== 'running' || f.errors > 0
+        warn: f.state === 'failed' || f.errors > 0
       }))
     )
   );

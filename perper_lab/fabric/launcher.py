@@ -166,11 +166,12 @@ class LocalFabric:
                 "region_mb": self.region_mb, "heap_mb": self.heap_mb,
                 "layout": [asdict(self.layout(i)) for i in range(self.nodes)]}
         (self.run_dir / "fabric.json").write_text(json.dumps(spec, indent=2))
-        processes = {i: self._launch(java, jar, i) for i in range(self.nodes)}
+        deadline = time.monotonic() + timeout
         try:
-            deadline = time.monotonic() + timeout
-            for index, process in processes.items():
-                self._wait_ready(index, process, deadline, timeout)
+            # One node at a time: nodes joining together on a busy machine can fail Ignite's partition
+            # exchange ("Failed to find completed exchange future") and exit.
+            for index in range(self.nodes):
+                self._wait_ready(index, self._launch(java, jar, index), deadline, timeout)
             self._wait_handshake(deadline, timeout)
         except BaseException:
             self.stop()

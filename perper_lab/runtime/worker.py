@@ -88,7 +88,9 @@ class Worker:
             try:
                 processed += runner.step()
             except FunctionStopped as stopped:
-                self._fail(runner.spec, f"stopped on an error (policy 'stop'): {stopped}", stopped.record)
+                why = ("the source failed" if runner.spec.kind == "source"  # a source has no error policy
+                       else "stopped on an error (policy 'stop')")
+                self._fail(runner.spec, f"{why}: {stopped}", stopped.record)
                 self._drop(key)
                 continue
             if runner.finished:

@@ -27,6 +27,7 @@ from perper_lab.streams.encoding import END_OF_PARTITION, decode_items, encode_i
 
 STREAMS_CACHE = "perper-control-streams"
 BATCHES_CACHE = "perper-data-batches"
+DEFAULT_LINGER = 0.05  # a writer flushes a partial batch this long after its first item
 MAX_POLL_INTERVAL = 0.01  # idle readers poll at most this far apart: latency against idle load
 MAX_BATCH_BYTES = 32 << 20  # larger batches are split; a larger single item is refused
 READ_PAGE = 32  # batches per get_all: large enough to amortise a round trip, small enough to decode fast
@@ -192,7 +193,7 @@ class Stream:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def writer(self, batch_size: int = 1000, linger: float = 0.05,
+    def writer(self, batch_size: int = 1000, linger: float = DEFAULT_LINGER,
                key: str | Callable[[Any], Any] | None = None) -> StreamWriter:
         return StreamWriter(self, batch_size=batch_size, linger=linger, key=key)
 
@@ -334,7 +335,7 @@ class StreamWriter:
     ``key`` (a dict field name or a function of the item) so that items with one key stay in order.
     """
 
-    def __init__(self, stream: Stream, batch_size: int = 1000, linger: float = 0.05,
+    def __init__(self, stream: Stream, batch_size: int = 1000, linger: float = DEFAULT_LINGER,
                  key: str | Callable[[Any], Any] | None = None) -> None:
         if batch_size < 1:
             raise StreamError(f"batch_size must be at least 1, not {batch_size}")
