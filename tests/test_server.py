@@ -99,7 +99,7 @@ def test_lists_the_streams_functions_and_workers_of_the_fabric(server, fabric, c
     function = next(f for f in entry["functions"] if f["output"] == output)
     assert {k: function[k] for k in ("function", "inputs", "kind", "parallelism", "state", "reason", "lag",
                                      "errors")} == {
-        "function": "double", "inputs": [source.name], "kind": "map", "parallelism": 1, "state": "running",
+        "function": "double", "inputs": [source.name], "kind": "map", "parallelism": 1, "state": "finished",
         "reason": "", "lag": 0, "errors": 0}
     assert isinstance(function["version"], str) and function["version"], function
     assert isinstance(function["workers"], list), function

@@ -58,30 +58,59 @@ def run_batch(spec: FunctionSpec, fn: Callable[..., Any], items: list[Any], stre
     if spec.kind == "batch":
         _run_vectorised(spec, fn, items, position, policy, result)
         return result
-    logger = logging.getLogger(f"perper_lab.function.{spec.output}")
-    for index, item in enumerate(items):
-        for attempt in range(policy.retries + 1):
-            try:
-                if spec.convention == "context":
-                    produced = fn(StreamContext(stream, *position, index, spec.function_name, logger), item)
-                else:
-                    produced = fn(item)
-                if spec.kind == "flat_map":
-                    produced = list(produced) if produced is not None else []
-            except (Exception, SystemExit) as exc:  # sys.exit() in a function must not end the worker
-                if attempt < policy.retries:
-                    continue
-                record = error_record(spec, item, (*position, index), exc)
-                if policy.action == "stop":
-                    raise FunctionStopped(record) from exc
-                result.errors.append(record)
-            else:
-                if spec.kind == "flat_map":
-                    result.outputs.extend(produced)
-                elif produced is not None:
-                    result.outputs.append(produced)
-            break
+    context = None
+    if spec.convention == "context":
+        logger = logging.getLogger(f"perper_lab.function.{spec.output}")
+
+        def context(index: int) -> StreamContext:
+            return StreamContext(stream, *position, index, spec.function_name, logger)
+    _run_per_item(spec, fn, context, items, position, policy, result)
     return result
+
+
+def _run_per_item(spec: FunctionSpec, fn: Callable[..., Any], context: Callable[[int], StreamContext] | None,
+                  items: list[Any], position: tuple[int, int], policy: ErrorPolicy, result: BatchResult) -> None:
+    """The hot loop: nothing but the call and the append per item, until an item fails; that item alone
+    takes the slow path (retries, dead letter or stop), then the loop goes on after it."""
+    flat = spec.kind == "flat_map"
+    outputs = result.outputs
+    start, count = 0, len(items)
+    while start < count:
+        index = start
+        try:
+            for index in range(start, count):
+                produced = fn(items[index]) if context is None else fn(context(index), items[index])
+                if flat:
+                    if produced is not None:
+                        outputs.extend(list(produced))
+                elif produced is not None:
+                    outputs.append(produced)
+            return
+        except (Exception, SystemExit) as exc:  # sys.exit() in a function must not end the worker
+            _retry_or_record(spec, fn, context, items[index], (*position, index), policy, result, exc)
+            start = index + 1
+
+
+def _retry_or_record(spec: FunctionSpec, fn: Callable[..., Any], context: Callable[[int], StreamContext] | None,
+                     item: Any, position: tuple[int, int, int], policy: ErrorPolicy, result: BatchResult,
+                     exc: BaseException) -> None:
+    for _ in range(policy.retries):
+        try:
+            produced = fn(item) if context is None else fn(context(position[2]), item)
+            if spec.kind == "flat_map":
+                produced = list(produced) if produced is not None else []
+        except (Exception, SystemExit) as again:
+            exc = again
+        else:
+            if spec.kind == "flat_map":
+                result.outputs.extend(produced)
+            elif produced is not None:
+                result.outputs.append(produced)
+            return
+    record = error_record(spec, item, position, exc)
+    if policy.action == "stop":
+        raise FunctionStopped(record) from exc
+    result.errors.append(record)
 
 
 def _run_vectorised(spec: FunctionSpec, fn: Callable[[pd.DataFrame], Any], items: list[Any],
