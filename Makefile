@@ -38,7 +38,7 @@ $(CHROMIUM):
 	fi
 
 lint: setup
-	$(BIN)/ruff check perper_lab tests
+	$(BIN)/ruff check perper_lab tests benchmarks
 
 test: lint browser
 	env -u PERPER_FABRIC $(BIN)/pytest tests notebooks --nbval-lax --nbval-current-env
