@@ -27,7 +27,7 @@ import psutil
 from benchmarks import workloads as wl
 from benchmarks.environment import BenchFabric, ProcessMonitor
 from perper_lab.fabric.client import FabricClient
-from perper_lab.runtime.registry import LEASES_CACHE, delete_function, register_function
+from perper_lab.runtime.registry import LEASES_CACHE, STATE_CACHE, delete_function, done_key, register_function
 from perper_lab.streams import create_stream, open_stream
 from perper_lab.streams.sources import from_iterable
 
@@ -59,15 +59,23 @@ def _names() -> tuple[str, str]:
 
 
 def wait_claimed(bench: BenchFabric, output: str, parallelism: int, timeout: float = 30.0) -> None:
-    """Wait until every instance of the (new) function writing ``output`` is leased by a worker.
+    """Wait until every instance of the (new) function writing ``output`` has been claimed by a worker.
 
     Polls every 20 ms (perper_lab's ``wait_deployed`` polls every 100 ms): a preloaded run's clock
-    starts here, and the worker begins as soon as it has claimed the lease.
+    starts here, and the worker begins as soon as it has claimed the lease. An instance that has
+    already finished (and so given its lease back) counts as claimed: on a small preloaded input one
+    instance can finish before a worker's next refresh claims the other.
     """
     assert bench.client is not None
     keys = sorted(f"{output}#{i}" for i in range(parallelism))
     deadline = time.monotonic() + timeout
-    while len(bench.client.cache(LEASES_CACHE).get_all(keys)) < len(keys):
+
+    def unclaimed() -> int:
+        leased = bench.client.cache(LEASES_CACHE).get_all(keys)
+        done = bench.client.cache(STATE_CACHE).get_all([done_key(k) for k in keys])
+        return sum(1 for k in keys if k not in leased and done_key(k) not in done)
+
+    while unclaimed():
         if time.monotonic() > deadline:
             raise TimeoutError(f"function {output!r}: instances not claimed within {timeout:g}s")
         time.sleep(0.02)

@@ -26,6 +26,7 @@ from perper_lab.runtime.registry import (
     FunctionSpec,
     delete_function,
     failure,
+    get_function,
     list_functions,
     offset_key,
     register_function,
@@ -165,40 +166,53 @@ def status(client: FabricClient | None = None) -> dict[str, pd.DataFrame]:
         streams.append({"stream": s.name, "partitions": s.partitions, "items": sum(h.items for h in heads),
                         "closed": all(h.closed for h in heads), "producer": s.producer or ""})
     leases = {key: json.loads(value) for key, value in client.cache(LEASES_CACHE).items()}
-    state = client.cache(STATE_CACHE)
-    functions = []
-    for spec in sorted(list_functions(client), key=lambda s: s.output):
-        output = open_stream(client, spec.output)
-        offsets = state.get_all([offset_key(spec.output, spec.generation, q) for q in range(output.partitions)])
-        offered = sum(open_stream(client, name).count() for name in spec.inputs)
-        consumed = sum(json.loads(text)["consumed"] for text in offsets.values())
-        errors = sum(json.loads(text)["errors"] for text in offsets.values())
-        failure = state.get(status_key(spec.output))
-        if failure:
-            errors += 1  # the item that stopped the function is a dead letter its offsets do not count
-        finished = spec.state == "running" and output.closed
-        holders = sorted({lease["worker"] for key, lease in leases.items()
-                          if key.startswith(spec.output + "#") and lease["expires"] > now})
-        functions.append({
-            "function": spec.function_name, "output": spec.output, "input": ", ".join(spec.inputs),
-            "kind": spec.kind, "version": spec.version, "parallelism": spec.parallelism,
-            "state": json.loads(failure)["state"] if failure else "finished" if finished else spec.state,
-            "reason": json.loads(failure)["reason"] if failure else "",
-            "workers": ", ".join(holders), "lag": offered - consumed if spec.inputs else 0, "errors": errors,
-        })
+    functions = [_function_row(client, spec, leases, now)
+                 for spec in sorted(list_functions(client), key=lambda s: s.output)]
     workers = []
     for worker_id, text in sorted(client.cache(WORKERS_CACHE).items()):
         record = json.loads(text)
         if now - record["heartbeat"] > WORKER_GONE_AFTER:
             continue  # a crashed worker never signs off
         workers.append({"worker": worker_id, "host": record["host"], "pid": record["pid"],
-                        "heartbeat_age_s": round(now - record["heartbeat"], 1),
+                        "heartbeat_age_s": round(max(0.0, now - record["heartbeat"]), 1),  # beats since `now`
                         "instances": ", ".join(record["instances"])})
     return {"streams": pd.DataFrame(streams, columns=["stream", "partitions", "items", "closed", "producer"]),
             "functions": pd.DataFrame(functions, columns=["function", "output", "input", "kind", "version",
                                                           "parallelism", "state", "reason", "workers", "lag",
                                                           "errors"]),
             "workers": pd.DataFrame(workers, columns=["worker", "host", "pid", "heartbeat_age_s", "instances"])}
+
+
+def function_progress(output: str, client: FabricClient | None = None) -> dict[str, Any]:
+    """One function's row of :func:`status` (by its output stream), plus ``offered`` (items in its inputs)
+    and ``instances`` (how many run now). What a live view of the output shows besides the stream."""
+    client = client or current_fabric()
+    leases = {key: json.loads(value) for key, value in client.cache(LEASES_CACHE).items()
+              if key.startswith(output + "#")}
+    return _function_row(client, get_function(client, output), leases, time.time())
+
+
+def _function_row(client: FabricClient, spec: FunctionSpec, leases: dict[str, Any], now: float) -> dict[str, Any]:
+    state = client.cache(STATE_CACHE)
+    output = open_stream(client, spec.output)
+    offsets = state.get_all([offset_key(spec.output, spec.generation, q) for q in range(output.partitions)])
+    offered = sum(open_stream(client, name).count() for name in spec.inputs)
+    consumed = sum(json.loads(text)["consumed"] for text in offsets.values())
+    errors = sum(json.loads(text)["errors"] for text in offsets.values())
+    failed = state.get(status_key(spec.output))
+    if failed:
+        errors += 1  # the item that stopped the function is a dead letter its offsets do not count
+    finished = spec.state == "running" and output.closed
+    live = [lease for key, lease in leases.items() if key.startswith(spec.output + "#") and lease["expires"] > now]
+    return {
+        "function": spec.function_name, "output": spec.output, "input": ", ".join(spec.inputs),
+        "kind": spec.kind, "version": spec.version, "parallelism": spec.parallelism,
+        "state": json.loads(failed)["state"] if failed else "finished" if finished else spec.state,
+        "reason": json.loads(failed)["reason"] if failed else "",
+        "workers": ", ".join(sorted({lease["worker"] for lease in live})),
+        "lag": offered - consumed if spec.inputs else 0, "errors": errors,
+        "offered": offered, "instances": len(live),
+    }
 
 
 def status_text(client: FabricClient | None = None) -> str:

@@ -165,7 +165,9 @@ def run_app(args: argparse.Namespace) -> None:
         for spec in specs:
             stream = api.stream(spec.output)
             stream.wait_closed(args.timeout)
-            print(f"{spec.output}: closed with {stream.count()} items")
+            failed = api.stream(spec.errors_stream).count()
+            print(f"{spec.output}: closed with {stream.count()} items"
+                  + (f"; {failed} item(s) failed, see the dead-letter stream {spec.errors_stream!r}" if failed else ""))
 
 
 def run_demo(args: argparse.Namespace) -> int:

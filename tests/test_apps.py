@@ -37,6 +37,23 @@ def test_the_seed_readme_app_runs_unchanged(fabric, client, workers, unique_name
     assert list(open_stream(client, output)) == [x * 10 for x in range(1000)]
 
 
+def test_run_wait_reports_the_items_that_failed(fabric, client, workers, unique_name, tmp_path):
+    source, output = unique_name("in"), unique_name("out")
+    writer = create_stream(client, source).writer()
+    writer.extend(range(100))
+    writer.close()
+    app = tmp_path / "Divide"
+    shutil.copytree(SEED_APP, app)
+    (app / "ProcessData" / "__init__.py").write_text("def main(context, data):\n    return 1 / (data - 5)\n")
+
+    result = perper_lab_cli("run", str(app), "--input", source, "--output", output,
+                            "--fabric", fabric.address, "--wait", "--timeout", "60")
+
+    assert result.returncode == 0, result.stderr
+    assert (f"{output}: closed with 99 items; 1 item(s) failed, see the dead-letter stream '{output}.errors'"
+            in result.stdout)
+
+
 def broken_app(tmp_path: Path, config: str | None, script: str | None = "def main(context, data):\n    return data\n"):
     folder = tmp_path / "App" / "ProcessData"
     folder.mkdir(parents=True)

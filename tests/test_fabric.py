@@ -14,7 +14,7 @@ import pytest
 
 from perper_lab.errors import FabricError, FabricStartError, FabricUnavailable
 from perper_lab.fabric.client import FabricClient
-from perper_lab.fabric.launcher import LocalFabric, find_java, free_port_offset
+from perper_lab.fabric.launcher import LocalFabric, find_java, free_port_offset, start_on_free_ports
 
 PERPER_LAB = Path(sys.executable).with_name("perper-lab")
 
@@ -64,7 +64,8 @@ def test_client_without_a_fabric_raises_fabric_unavailable_quickly():
     assert address in message
 
 
-@pytest.mark.parametrize("address", ["localhost", "host:abc", ":10800", "host:", "127.0.0.1:10800,nohost"])
+@pytest.mark.parametrize("address", ["localhost", "host:abc", ":10800", "host:", "127.0.0.1:10800,nohost",
+                                     "http://127.0.0.1:10800", "127.0.0.1:10800:1", "my host:10800"])
 def test_malformed_address_raises_fabric_error(address):
     with pytest.raises(FabricError, match="bad fabric address") as caught:
         FabricClient(address)
@@ -167,3 +168,30 @@ def test_cli_fabric_status_without_a_started_fabric_says_so(tmp_path):
     status = perper_lab_cli("fabric", "status", "--run-dir", str(tmp_path / "never-started"))
     assert status.returncode == 1
     assert "no local fabric was started from" in status.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--port-offset", "70000", "outside 1..65535: choose an offset from"),
+    ("--port-offset", "-100000", "outside 1..65535"),
+    ("--region-mb", "1", "--region-mb must be at least 16"),
+    ("--persistence", "/proc/no-such-dir", "cannot keep the fabric's data in --persistence /proc/no-such-dir"),
+])
+def test_cli_fabric_start_refuses_bad_options_in_one_line_before_any_jvm_starts(tmp_path, option, value, says):
+    run_dir = tmp_path / "bad-options"
+    start = perper_lab_cli("fabric", "start", "--run-dir", str(run_dir), "--port-offset", str(free_port_offset()),
+                           option, value)
+    assert start.returncode == 1
+    assert says in start.stderr
+    assert start.stderr.count("\n") == 1, start.stderr  # one line, no traceback
+    assert not list(run_dir.glob("node-*.pid")), "a node was launched despite the bad option"
+
+
+def test_the_already_running_hint_names_the_run_dir_it_applies_to(tmp_path):
+    run_dir = tmp_path / "twice"
+    local = start_on_free_ports(run_dir)
+    try:
+        again = perper_lab_cli("fabric", "start", "--run-dir", str(run_dir), "--port-offset", str(local.port_offset))
+        assert again.returncode == 1
+        assert f"stop it with `perper-lab fabric stop --run-dir {run_dir}` first" in again.stderr
+    finally:
+        local.stop()

@@ -53,6 +53,20 @@ def test_cell_registers_its_function_and_the_view_follows_the_output(shell, uniq
     assert "50" in view.table.outputs[0]["data"]["text/plain"]  # latest rows are shown
 
 
+def test_view_of_a_function_shows_its_input_rate_lag_instances_and_state(shell, unique_name):
+    source, output = unique_name("in"), unique_name("out")
+    perper_lab.from_iterable(range(4000), source, rate=2000)
+    view = shell.run_cell_magic("perper_stream", f"{output} --input {source}", "def same(x):\n    return x\n")
+    wait_until(lambda: "instances: <b>1 of 1</b>" in view.counters.value, timeout=30)
+    perper_lab.stream(output).wait_closed(60)
+    wait_until(lambda: not view.running)
+
+    assert max(view.source.data["input_rate"]) > 0  # the input line of the chart moved while the input grew
+    assert "lag: <b>0</b>" in view.counters.value
+    assert "function: <b>finished</b>" in view.counters.value
+    assert "items: <b>4,000</b>" in view.counters.value
+
+
 def test_generator_cell_becomes_a_flat_map(shell, unique_name):
     source, output = unique_name("in"), unique_name("out")
     perper_lab.from_iterable([1, 2, 3], source).wait_closed(30)
@@ -109,6 +123,35 @@ def test_unknown_option_and_missing_input_are_usage_errors(shell):
 def test_unknown_perper_command_lists_the_commands(shell):
     with pytest.raises(UsageError, match=re.escape("status | stop OUTPUT | delete STREAM | workers N")):
         shell.run_line_magic("perper", "frobnicate")
+
+
+@pytest.mark.parametrize("line, usage", [("stop", "stop OUTPUT"), ("status extra", "status"),
+                                         ("workers", "workers N"), ("show a b", "show STREAM")])
+def test_a_perper_command_with_wrong_arguments_shows_its_own_usage(shell, line, usage):
+    with pytest.raises(UsageError, match=re.escape(f"%perper {line}: use %perper {usage}")):
+        shell.run_line_magic("perper", line)
+
+
+def test_a_cell_with_a_syntax_error_says_where(shell, unique_name):
+    with pytest.raises(UsageError, match="syntax error on line 1: expected ':'"):
+        shell.run_cell_magic("perper_stream", f"{unique_name('out')} --input x", "def f(x)\n    return x\n")
+
+
+@pytest.mark.parametrize("options, says", [
+    ("--input x --source", "--source and --input exclude each other"),
+    ("--input x --partitions 3", "--partitions applies to a --source only"),
+])
+def test_contradicting_magic_options_name_the_conflict(shell, unique_name, options, says):
+    with pytest.raises(UsageError, match=re.escape(says)):
+        shell.run_cell_magic("perper_stream", f"{unique_name('out')} {options}", "def f(x):\n    return x\n")
+
+
+def test_a_perper_error_in_any_cell_is_shown_in_one_line(shell, capsys):
+    result = shell.run_cell("import perper_lab\nperper_lab.stream('no_such_stream_anywhere')")
+    shown = capsys.readouterr()
+    assert not result.success
+    assert "StreamNotFound: no stream named 'no_such_stream_anywhere'" in shown.out + shown.err
+    assert "Traceback" not in shown.out + shown.err and "site-packages" not in shown.out + shown.err
 
 
 

@@ -254,3 +254,26 @@ def test_a_failing_replay_says_so_even_if_nobody_waits_on_it(client, unique_name
     assert f"replaying into {name!r} failed: the source file vanished" in said
     assert "perper_lab.delete(name)" in said  # what to do about it
     assert not open_stream(client, name).closed  # a truncated replay is never passed off as complete
+
+
+def test_routing_by_a_field_that_an_item_lacks_names_the_key(client, unique_name):
+    writer = create_stream(client, unique_name(), partitions=2).writer(key="carrier")
+    with pytest.raises(StreamError, match="cannot route by key 'carrier': the item 3 has no field"):
+        writer.append(3)
+
+
+def test_a_script_that_exits_right_after_a_replay_still_writes_and_closes_the_stream(fabric, client, unique_name):
+    import subprocess
+    import sys
+
+    name = unique_name()
+    script = ("import perper_lab\n"
+              f"perper_lab.connect({fabric.address!r})\n"
+              f"perper_lab.from_iterable(range(100_000), {name!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert f"waiting for the replay into {name!r} to finish" in done.stderr
+    stream = open_stream(client, name)
+    assert stream.closed
+    assert list(stream) == list(range(100_000))

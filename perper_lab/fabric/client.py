@@ -50,6 +50,12 @@ def parse_addresses(addresses: str | Iterable[tuple[str, int]] | None) -> list[t
     nodes = []
     for part in addresses.split(","):
         host, sep, port = part.strip().rpartition(":")
+        if host.startswith("[") and host.endswith("]"):  # an IPv6 address, [::1]:10800
+            host = host[1:-1]
+        elif ":" in host:
+            host = ""  # a scheme (http://...) or a second port: not HOST:PORT
+        if any(c in host for c in "/ \t"):
+            host = ""
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise FabricError(
                 f"bad fabric address {part.strip()!r}: expected HOST:PORT, e.g. 127.0.0.1:10800 "
@@ -60,7 +66,7 @@ def parse_addresses(addresses: str | Iterable[tuple[str, int]] | None) -> list[t
 
 
 def format_addresses(nodes: list[tuple[str, int]]) -> str:
-    return ",".join(f"{host}:{port}" for host, port in nodes)
+    return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in nodes)
 
 
 class FabricCache:

@@ -24,6 +24,7 @@ READY_MARKER = "PERPER-FABRIC-READY"
 # The cap of a node's data region. Memory is taken as streams grow (from 64 MB), so a high cap costs
 # nothing until used; an in-memory node that reaches it stops (Ignite's out-of-memory is fatal).
 DEFAULT_REGION_MB = 1024
+MIN_REGION_MB = 16  # Ignite refuses a data region of 10 MB or less
 JVM_OPTIONS = Path(__file__).with_name("jvm.options")
 CLIENT_PORT, DISCOVERY_PORT, COMMUNICATION_PORT = 10800, 47500, 47100
 
@@ -105,6 +106,14 @@ class LocalFabric:
                  heap_mb: int = 512, exit_with_pid: int | None = None) -> None:
         if nodes < 1:
             raise FabricStartError(f"a fabric needs at least one node, not {nodes}")
+        lowest, highest = CLIENT_PORT + port_offset, DISCOVERY_PORT + port_offset + nodes - 1
+        if lowest < 1 or highest > 65535:
+            raise FabricStartError(
+                f"--port-offset {port_offset} puts the ports of {nodes} node(s) at {lowest}..{highest}, outside "
+                f"1..65535: choose an offset from {1 - CLIENT_PORT} to {65535 - DISCOVERY_PORT - nodes + 1}")
+        if region_mb < MIN_REGION_MB:
+            raise FabricStartError(f"--region-mb must be at least {MIN_REGION_MB} (Ignite's smallest data region), "
+                                   f"not {region_mb}")
         self.run_dir = Path(run_dir) if run_dir else default_run_dir()
         self.nodes = nodes
         self.port_offset = port_offset
@@ -156,11 +165,20 @@ class LocalFabric:
         if running:
             raise FabricStartError(
                 f"a fabric from {self.run_dir} is already running (nodes {running}); "
-                "stop it with `perper-lab fabric stop` first"
+                f"stop it with `perper-lab fabric stop{self._run_dir_option()}` first"
             )
         for index in range(self.nodes):
             self._check_ports_free(index)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.persistence:
+            try:
+                self.persistence.mkdir(parents=True, exist_ok=True)
+                probe = self.persistence / ".perper-write-check"
+                probe.touch()
+                probe.unlink()
+            except OSError as exc:
+                raise FabricStartError(f"cannot keep the fabric's data in --persistence {self.persistence}: "
+                                       f"{exc.strerror or exc}; choose a writable folder") from None
         spec = {"nodes": self.nodes, "port_offset": self.port_offset, "host": self.host,
                 "persistence": str(self.persistence) if self.persistence else None,
                 "region_mb": self.region_mb, "heap_mb": self.heap_mb,
@@ -207,6 +225,10 @@ class LocalFabric:
                                        start_new_session=True)
         self._pid_file(index).write_text(str(process.pid))
         return process
+
+    def _run_dir_option(self) -> str:
+        """`` --run-dir DIR`` when this fabric is not the default one, for the commands we suggest."""
+        return "" if self.run_dir.resolve() == default_run_dir().resolve() else f" --run-dir {self.run_dir}"
 
     def _check_ports_free(self, index: int) -> None:
         node = self.layout(index)

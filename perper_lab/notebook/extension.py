@@ -90,11 +90,20 @@ def load(ipython) -> None:  # noqa: ANN001 - IPython's InteractiveShell
             raise UsageError(f"perper_lab: {exc}") from None
         atexit.register(_detach)
     ipython.register_magics(PerperMagics)
+    # perper_lab's errors say what to do in their message; the frames of our own code that raised them
+    # only hide that line (a cell calling stream("typo") should answer in one line, like the magics do).
+    ipython.set_custom_exc((PerperError,), _one_line_error)
     print(f"perper_lab: {_session.describe()}")
 
 
 def unload(ipython) -> None:  # noqa: ANN001
+    ipython.set_custom_exc((), None)
     _detach()
+
+
+def _one_line_error(shell, etype, value, tb, tb_offset=None) -> list[str]:  # noqa: ANN001 - IPython's hook
+    shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
+    return [f"{etype.__name__}: {value}"]
 
 
 def _detach() -> None:

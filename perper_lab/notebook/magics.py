@@ -18,11 +18,11 @@ from perper_lab.streams import open_stream
 
 
 def defined_functions(cell: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
-    """The functions a cell defines at top level."""
+    """The functions a cell defines at top level; a cell that does not parse is a UsageError saying where."""
     try:
         tree = ast.parse(cell)
-    except SyntaxError:
-        return []  # the cell's own execution reports the syntax error with IPython's usual display
+    except SyntaxError as exc:
+        raise UsageError(f"the cell has a syntax error on line {exc.lineno}: {exc.msg}") from None
     return [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
 
@@ -34,7 +34,7 @@ class PerperMagics(Magics):
     @argument("--input", "-i", nargs="+", action="extend", default=[], metavar="STREAM",
               help="the stream(s) the function reads (several: a merge)")
     @argument("--parallelism", "-p", type=int, default=1, help="instances running in parallel (default 1)")
-    @argument("--partitions", type=int, default=1, help="output partitions of a --source (default 1)")
+    @argument("--partitions", type=int, help="output partitions of a --source (default 1)")
     @argument("--batch", action="store_true", help="the function takes and returns a pandas DataFrame per batch")
     @argument("--source", action="store_true", help="the function takes no input and yields the stream's items")
     @argument("--on-error", default="skip", help="skip (default), stop or retry=N")
@@ -53,9 +53,15 @@ class PerperMagics(Magics):
         args = _parse(self.perper_stream, line)
         if args.source and args.batch:
             raise UsageError("--source and --batch exclude each other")
-        if args.source == bool(args.input):
+        if args.source and args.input:
+            raise UsageError("--source and --input exclude each other: a source reads no stream (drop --input), "
+                             "a function over a stream is no source (drop --source)")
+        if not args.source and not args.input:
             raise UsageError("%%perper_stream needs --input STREAM [STREAM ...], or --source for a function "
                              "that takes no input")
+        if args.partitions is not None and not args.source:
+            raise UsageError("--partitions applies to a --source only: a function over --input writes one "
+                             "output partition per input partition")
         functions = defined_functions(cell)
         if len(functions) != 1:
             found = ", ".join(f.name for f in functions) or "none"
@@ -71,7 +77,7 @@ class PerperMagics(Magics):
             fabric = api.current_fabric()
             spec = register_function(fabric, fn, args.output, args.input, kind=kind,
                                      parallelism=args.parallelism, on_error=args.on_error,
-                                     partitions=args.partitions, replay=args.replay,
+                                     partitions=args.partitions or 1, replay=args.replay,
                                      source=ast.get_source_segment(cell, functions[0]))
             view = StreamView(open_stream(fabric, spec.output), errors=open_stream(fabric, spec.errors_stream))
         except PerperError as exc:
@@ -102,13 +108,20 @@ class PerperMagics(Magics):
                 from perper_lab.notebook.extension import current_session
 
                 session = current_session()
-                return session.describe() if session else f"connected to {api.current_fabric().address}"
+                where = session.describe() if session else f"connected to {api.current_fabric().address}"
+                nodes = api.current_fabric().server_count()  # a fabric that went down says so here
+                return f"{where}; {nodes} server node(s) answer"
             if command == "show" and len(rest) == 1:
                 return StreamView(open_stream(api.current_fabric(), rest[0]))
         except PerperError as exc:
             raise UsageError(str(exc)) from None
-        raise UsageError(f"unknown %perper command {line!r}; "
-                         "use: status | stop OUTPUT | delete STREAM | workers N | fabric | show STREAM")
+        if command in _USAGE:
+            raise UsageError(f"%perper {line}: use %perper {_USAGE[command]}")
+        raise UsageError(f"unknown %perper command {command!r}; use: {' | '.join(_USAGE.values())}")
+
+
+_USAGE = {"status": "status", "stop": "stop OUTPUT", "delete": "delete STREAM", "workers": "workers N",
+          "fabric": "fabric", "show": "show STREAM"}
 
 
 def _parse(magic: object, line: str):  # noqa: ANN202 - argparse.Namespace

@@ -19,11 +19,13 @@ from bokeh.models import ColumnDataSource
 from bokeh.plotting import figure
 from jupyter_bokeh.widgets import BokehModel
 
+from perper_lab import api
 from perper_lab.errors import PerperError
 from perper_lab.fabric.client import FabricClient
 from perper_lab.streams import Stream
 
 CHART_SECONDS = 60
+FAST_PERIOD = 0.1  # seconds between refreshes until the stream's first items show
 _bokehjs_loaded = False
 
 
@@ -57,10 +59,14 @@ class StreamView(widgets.VBox):
         self.counters = widgets.HTML("")
         self.table = widgets.Output()
         self.last_error = widgets.Output()
-        self.source = ColumnDataSource({"t": [], "rate": []})
+        self.source = ColumnDataSource({"t": [], "rate": [], "input_rate": []})
         chart = figure(height=180, sizing_mode="stretch_width", x_axis_label="seconds",
                        y_axis_label="items/s", toolbar_location=None, title="throughput")
-        chart.line("t", "rate", source=self.source, line_width=2)
+        chart.line("t", "rate", source=self.source, line_width=2, legend_label="output")
+        if stream.producer:
+            chart.line("t", "input_rate", source=self.source, line_width=2, line_dash="dashed",
+                       color="#d95f02", legend_label="input")
+        chart.legend.location = "top_left"
         self.chart = BokehModel(chart)
         super().__init__([self.title, self.counters, self.chart, self.table, self.last_error])
         # Stable hooks for styling and for the browser test.
@@ -70,8 +76,14 @@ class StreamView(widgets.VBox):
             widget.add_class(f"perper-{name}")
         self._stop = threading.Event()
         self.updates = 0
+        self.updates_with_items = 0
         self._thread = threading.Thread(target=self._pump, name=f"perper-view-{stream.name}", daemon=True)
         self._thread.start()
+
+    def __repr__(self) -> str:
+        # What a terminal shows instead of the widget.
+        return (f"<live view of stream {self.stream.name!r}: shown in Jupyter; in a terminal read it with "
+                f"perper_lab.stream({self.stream.name!r}).tail()>")
 
     @property
     def running(self) -> bool:
@@ -87,7 +99,7 @@ class StreamView(widgets.VBox):
 
     def _pump(self) -> None:
         started = time.monotonic()
-        previous: tuple[float, int] | None = None
+        previous: tuple[float, int, int] | None = None  # when, output items, input items
         last_table = 0.0
         try:
             # pyignite clients are not thread-safe: the pump has its own connection.
@@ -99,14 +111,18 @@ class StreamView(widgets.VBox):
                     heads = stream.heads()
                     count = sum(h.items for h in heads)
                     closed = all(h.closed for h in heads)
-                    error_count = errors.count() if errors else 0
-                    rate = (count - previous[1]) / (now - previous[0]) if previous else 0.0
-                    previous = (now, count)
-                    self.source.stream({"t": [round(now - started, 2)], "rate": [rate]},
+                    progress = api.function_progress(stream.producer, fabric) if stream.producer else None
+                    offered = progress["offered"] if progress else 0
+                    error_count = progress["errors"] if progress else errors.count() if errors else 0
+                    elapsed = now - previous[0] if previous else 0.0
+                    rate = (count - previous[1]) / elapsed if previous else 0.0
+                    input_rate = (offered - previous[2]) / elapsed if previous else 0.0
+                    previous = (now, count, offered)
+                    self.source.stream({"t": [round(now - started, 2)], "rate": [rate], "input_rate": [input_rate]},
                                        rollover=int(CHART_SECONDS / self.period))
                     with self.counters.hold_sync():
-                        self.counters.value = _counters_html(count, rate, error_count, closed)
-                    if closed or now - last_table >= 1.0:
+                        self.counters.value = _counters_html(count, rate, error_count, closed, progress, input_rate)
+                    if closed or now - last_table >= 1.0 or (count and not self.updates_with_items):
                         self._show_table(stream.tail(self.rows))
                         if errors and error_count:
                             self._show_last_error(errors.tail(1))
@@ -114,9 +130,12 @@ class StreamView(widgets.VBox):
                     self.title.value = f"<b>{html.escape(stream.name)}</b> &nbsp;" + (
                         "<i>closed</i>" if closed else "<i>live</i>")
                     self.updates += 1
+                    self.updates_with_items += bool(count)
                     if closed:
                         return
-                    self._stop.wait(self.period)
+                    # Quick refreshes until the first items show, so a new cell answers within a fraction
+                    # of a second; then the steady rate.
+                    self._stop.wait(self.period if count else FAST_PERIOD)
         except PerperError as exc:
             self.title.value = (f"<b>{html.escape(self.stream.name)}</b> &nbsp;"
                                 f"<i>view stopped: {html.escape(str(exc))}</i>")
@@ -130,9 +149,16 @@ class StreamView(widgets.VBox):
         self.last_error.outputs = ({"output_type": "stream", "name": "stderr", "text": text},)
 
 
-def _counters_html(count: int, rate: float, errors: int, closed: bool) -> str:
-    cells = [("items", f"{count:,}"), ("items/s", f"{rate:,.0f}"), ("errors", f"{errors:,}"),
-             ("state", "closed" if closed else "live")]
+def _counters_html(count: int, rate: float, errors: int, closed: bool, progress: dict[str, Any] | None,
+                   input_rate: float) -> str:
+    cells = [("items", f"{count:,}"), ("items/s", f"{rate:,.0f}")]
+    if progress:
+        cells += [("input items/s", f"{input_rate:,.0f}"), ("lag", f"{progress['lag']:,}"),
+                  ("instances", f"{progress['instances']} of {progress['parallelism']}")]
+    cells.append(("errors", f"{errors:,}"))
+    if progress:
+        cells.append(("function", progress["state"]))
+    cells.append(("state", "closed" if closed else "live"))
     return " &nbsp; ".join(f"{name}: <b>{value}</b>" for name, value in cells)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import sys
 import threading
@@ -19,6 +20,8 @@ from perper_lab.streams.stream import DEFAULT_LINGER, Stream, StreamWriter, crea
 # a 5 ms linger keeps the append-to-output p50 under 10 ms, against ~45 ms with the writer's 50 ms
 # default, for about 1.7x the CPU per item (benchmarks/RESULTS.md, W4).
 PACED_LINGER = 0.005
+
+_running: set[ReplayedStream] = set()  # replays still writing, waited for when the interpreter exits
 
 
 class ReplayedStream(Stream):
@@ -77,11 +80,29 @@ def from_iterable(items: Iterable[Any], name: str, *, fabric: FabricClient, rate
             # Nobody may be waiting on the handle: say it where the notebook (or terminal) shows it.
             print(f"perper_lab: replaying into {name!r} failed: {exc}. The stream stays open with what was "
                   "written; delete it (perper_lab.delete(name)) and replay again.", file=sys.stderr)
+        finally:
+            _running.discard(handle)
 
     thread = threading.Thread(target=replay, name=f"perper-replay-{name}", daemon=True)
     handle = ReplayedStream(stream, thread)
+    _running.add(handle)
     thread.start()
     return handle
+
+
+@atexit.register
+def _finish_replays() -> None:
+    """A script that ends right after ``from_iterable`` would otherwise kill its daemon replay thread and
+    leave the stream open and partly written: wait for it, saying so, and say what Ctrl-C leaves behind."""
+    for handle in list(_running):
+        print(f"perper_lab: waiting for the replay into {handle.name!r} to finish before exiting "
+              "(Ctrl-C leaves the stream open and incomplete)", file=sys.stderr, flush=True)
+        try:
+            handle._thread.join()
+        except KeyboardInterrupt:
+            print(f"perper_lab: the replay into {handle.name!r} was abandoned; the stream stays open with "
+                  "what was written", file=sys.stderr, flush=True)
+            return
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

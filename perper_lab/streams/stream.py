@@ -327,6 +327,17 @@ def _encode_bounded(items: list[Any]) -> list[tuple[bytes, int]]:
     return _encode_bounded(items[:half]) + _encode_bounded(items[half:])
 
 
+def _field_key(field: str) -> Callable[[Any], Any]:
+    """``key="carrier"``: the item's field, with an error that names the key when an item has none."""
+    def key_of(item: Any) -> Any:
+        try:
+            return item[field]
+        except (KeyError, TypeError, IndexError) as exc:
+            raise StreamError(f"cannot route by key {field!r}: the item {item!r:.80} has no field {field!r} "
+                              f"({type(exc).__name__}); pass key= a function of the item, or no key") from None
+    return key_of
+
+
 class StreamWriter:
     """Buffers appends and writes them as batches, like a Kafka producer.
 
@@ -345,7 +356,7 @@ class StreamWriter:
         self.stream = stream
         self.batch_size = batch_size
         self.linger = linger
-        self._key = (lambda item: item[key]) if isinstance(key, str) else key
+        self._key = _field_key(key) if isinstance(key, str) else key
         self._heads = stream.heads()
         self._buffers: list[list[Any]] = [[] for _ in range(stream.partitions)]
         self._oldest: float | None = None
