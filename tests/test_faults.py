@@ -847,6 +847,33 @@ def test_a_failed_flush_can_be_retried_without_losing_items(policy_lab, unique_n
         assert list(open_stream(own, stream.name)) == list(range(10))
 
 
+def test_a_long_extend_failing_midway_keeps_what_it_wrote_once_and_the_rest_buffered(policy_lab, unique_name,
+                                                                                      monkeypatch):
+    _, fabric, _ = policy_lab
+    items = list(range(10_000))
+    with FabricClient(fabric.address, timeout=10.0) as own:
+        stream = create_stream(own, unique_name("s"), partitions=3)
+        writer = stream.writer(batch_size=100)
+        batches = own.cache("perper-data-batches")
+        real_put_all = batches.put_all
+        calls = []
+
+        def put_all_failing_on_the_tenth(pairs: dict[str, Any]) -> None:
+            calls.append(len(pairs))
+            if len(calls) == 10:
+                monkeypatch.setattr(batches, "put_all", real_put_all)
+                raise FabricUnavailable("injected: the fabric went away during put_all")
+            real_put_all(pairs)
+
+        monkeypatch.setattr(batches, "put_all", put_all_failing_on_the_tenth)
+        with pytest.raises(FabricUnavailable):
+            writer.extend(items)
+        writer.close()  # the caller goes on: what was not written is still buffered
+        got = [[item for _, batch in open_stream(own, stream.name).read_batches(p) for item in batch]
+               for p in range(3)]
+        assert got == [items[0::3], items[1::3], items[2::3]]
+
+
 def test_a_fabric_error_while_setting_up_an_instance_does_not_fail_the_function(lab, monkeypatch):
     from perper_lab.errors import FabricTimeout
     from perper_lab.runtime import worker as worker_module

@@ -402,20 +402,33 @@ class StreamWriter:
             partition = (self._next_partition + offset) % partitions
             self._buffers[partition].extend(items[offset::partitions])
         self._next_partition = (self._next_partition + len(items)) % partitions
-        while any(len(buffer) >= self.batch_size for buffer in self._buffers):
-            self._flush_full()
+        self._flush_full()
         if self._oldest is not None and time.monotonic() - self._oldest >= self.linger:
             self.flush()
 
     def _flush_full(self) -> None:
-        """Write one full batch from each partition that has one; keep the rest buffered."""
+        """Write every full batch, one per partition and request; keep the rest buffered.
+
+        The buffers are trimmed once at the end (a batch at a time would copy the rest of a long
+        ``extend`` over and over), also when a write fails, so that nothing written is written twice.
+        """
         size = self.batch_size
-        rest = [buffer[size:] if len(buffer) >= size else buffer for buffer in self._buffers]
-        self._buffers = [buffer[:size] if len(buffer) >= size else [] for buffer in self._buffers]
-        oldest = self._oldest
-        self.flush()
-        self._buffers = rest
-        self._oldest = oldest if any(rest) else None
+        written = [0] * len(self._buffers)
+        try:
+            while full := [p for p, buffer in enumerate(self._buffers) if len(buffer) - written[p] >= size]:
+                entries: dict[str, Any] = {}
+                heads = list(self._heads)
+                for p in full:
+                    for value, count in _encode_bounded(self._buffers[p][written[p]:written[p] + size]):
+                        self._add_batch(entries, heads, p, value, count)
+                self.stream._batches.put_all(entries)
+                self._heads = heads
+                for p in full:
+                    written[p] += size
+        finally:
+            self._buffers = [buffer[done:] for buffer, done in zip(self._buffers, written, strict=True)]
+            if not any(self._buffers):
+                self._oldest = None
 
     def flush(self) -> None:
         """Write the buffered items. If it raises, nothing changed and the flush can be retried."""
