@@ -202,7 +202,7 @@ def _function_row(client: FabricClient, spec: FunctionSpec, leases: dict[str, An
     failed = state.get(status_key(spec.output))
     if failed:
         errors += 1  # the item that stopped the function is a dead letter its offsets do not count
-    finished = spec.state == "running" and output.closed
+    finished = output.closed  # also when stopped afterwards: it did finish
     live = [lease for key, lease in leases.items() if key.startswith(spec.output + "#") and lease["expires"] > now]
     return {
         "function": spec.function_name, "output": spec.output, "input": ", ".join(spec.inputs),

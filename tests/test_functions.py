@@ -17,7 +17,7 @@ import pytest
 import perper_lab
 from perper_lab.errors import FunctionNotFound, FunctionRejected, PerperError, StreamNotFound
 from perper_lab.runtime import get_function, register_function
-from perper_lab.runtime.registry import STATE_CACHE, status_key, wait_deployed
+from perper_lab.runtime.registry import STATE_CACHE, status_key, stop_function, wait_deployed
 from perper_lab.streams import Stream, create_stream, open_stream
 
 
@@ -179,6 +179,10 @@ def test_function_status_is_not_failed_after_a_clean_run(client, workers, unique
     assert failure is None, json.loads(failure)
     functions = perper_lab.status(client)["functions"].set_index("output")
     assert functions.loc[output, "state"] == "finished"  # its input was closed and is drained
+
+    stop_function(client, output)  # stopping what has finished does not rewrite its history
+    functions = perper_lab.status(client)["functions"].set_index("output")
+    assert functions.loc[output, "state"] == "finished"
 
 
 def test_a_source_that_fails_says_so_in_status(client, workers, unique_name):
