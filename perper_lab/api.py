@@ -73,6 +73,9 @@ class FunctionOutput(Stream):
         failed = failure(self.fabric, self.producer)
         if failed:
             raise FunctionError(f"the function writing {self.name!r} failed: {failed['reason']}")
+        if get_function(self.fabric, self.producer).state == "stopped":
+            raise FunctionError(f"the function writing {self.name!r} was stopped, so the stream stays open; "
+                                "run its cell (or register it) again to resume it")
 
     def wait_closed(self, timeout: float | None = None, poll: float = 0.05) -> None:
         try:

@@ -266,6 +266,47 @@ def test_batch_function_maps_each_batch_as_a_dataframe(client, workers, unique_n
     assert (frame["hours"] == frame["delay"] / 60).all()
 
 
+def test_a_batch_function_after_a_filter_skips_the_batches_the_filter_emptied(client, workers, unique_name):
+    source = fill(client, unique_name("in"), [{"k": i % 3, "v": i} for i in range(3000)], batch_size=100)
+    kept, totals = unique_name("kept"), unique_name("totals")
+
+    def keep_last_ten(row):
+        return row if row["v"] >= 2990 else None
+
+    def total_per_key(df):
+        return df.groupby("k", as_index=False)["v"].sum()
+
+    register_function(client, keep_last_ten, kept, [source.name])
+    register_function(client, total_per_key, totals, [kept], kind="batch")
+    result = wait_output(client, workers, totals).to_pandas()
+
+    assert sorted(zip(result["k"], result["v"], strict=True)) == [
+        (k, sum(v for v in range(2990, 3000) if v % 3 == k)) for k in range(3)]
+    assert open_stream(client, totals + ".errors").count() == 0  # the 29 empty batches were no errors
+
+
+def test_waiting_on_a_stopped_functions_output_says_it_was_stopped(client, workers, unique_name):
+    source = create_stream(client, unique_name("in"))
+    source.append(1, 2, 3)  # left open: the function would run for ever
+    output = unique_name("out")
+    register_function(client, lambda x: x, output, [source.name])
+    stop_function(client, output)
+    perper_lab.connect(client.address)
+    started = time.monotonic()
+    with pytest.raises(PerperError, match=f"the function writing {output!r} was stopped"):
+        perper_lab.stream(output).wait_closed(timeout=30)
+    assert time.monotonic() - started < 5
+
+
+def test_switching_between_batch_and_item_functions_needs_a_replay(client, workers, unique_name):
+    source = fill(client, unique_name("in"), [{"v": 1}])
+    output = unique_name("out")
+    register_function(client, lambda x: x, output, [source.name])
+    with pytest.raises(FunctionRejected, match="would mix two shapes of items in one stream"):
+        register_function(client, lambda df: df, output, [source.name], kind="batch")
+    assert register_function(client, lambda df: df, output, [source.name], kind="batch", replay=True).generation == 1
+
+
 @pytest.mark.parametrize("fn, kind, message", [
     (lambda a, b: a, "map", r"takes one argument \(the item\).*takes 2: \(a, b\)"),
     (lambda: 1, "map", "takes 0"),

@@ -67,6 +67,16 @@ def test_view_of_a_function_shows_its_input_rate_lag_instances_and_state(shell, 
     assert "items: <b>4,000</b>" in view.counters.value
 
 
+def test_the_view_of_a_function_that_failed_says_so_and_stops_following(shell, unique_name):
+    source, output = unique_name("in"), unique_name("out")
+    perper_lab.from_iterable(range(100), source).wait_closed(30)
+    view = shell.run_cell_magic("perper_stream", f"{output} --input {source} --on-error stop",
+                                "def refuse(x):\n    raise ValueError(f'no {x}')\n")
+    wait_until(lambda: not view.running, timeout=30)
+    assert "<i>failed</i>" in view.title.value
+    assert "function: <b>failed</b>" in view.counters.value
+
+
 def test_generator_cell_becomes_a_flat_map(shell, unique_name):
     source, output = unique_name("in"), unique_name("out")
     perper_lab.from_iterable([1, 2, 3], source).wait_closed(30)

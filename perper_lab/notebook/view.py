@@ -127,11 +127,13 @@ class StreamView(widgets.VBox):
                         if errors and error_count:
                             self._show_last_error(errors.tail(1))
                         last_table = now
+                    # A failed or stopped function writes no more: the view has nothing left to follow.
+                    ended = progress["state"] if progress and progress["state"] in ("failed", "stopped") else None
                     self.title.value = f"<b>{html.escape(stream.name)}</b> &nbsp;" + (
-                        "<i>closed</i>" if closed else "<i>live</i>")
+                        "<i>closed</i>" if closed else f"<i>{ended}</i>" if ended else "<i>live</i>")
                     self.updates += 1
                     self.updates_with_items += bool(count)
-                    if closed:
+                    if closed or ended:
                         return
                     # Quick refreshes until the first items show, so a new cell answers within a fraction
                     # of a second; then the steady rate.

@@ -115,6 +115,10 @@ def _retry_or_record(spec: FunctionSpec, fn: Callable[..., Any], context: Callab
 
 def _run_vectorised(spec: FunctionSpec, fn: Callable[[pd.DataFrame], Any], items: list[Any],
                     position: tuple[int, int], policy: ErrorPolicy, result: BatchResult) -> None:
+    if not items:
+        # A filter upstream writes an empty batch for every input batch it drops entirely (its output
+        # keys follow its input's); a DataFrame without rows or columns is nothing to compute on.
+        return
     for attempt in range(policy.retries + 1):
         try:
             frame = fn(to_frame(items))

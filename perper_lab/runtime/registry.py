@@ -158,6 +158,12 @@ def register_function(fabric: FabricClient, fn: Callable[..., Any], output: str,
         unchanged = current.version == version and current.parallelism == parallelism
         if unchanged and current.state == "running" and not replay:
             return current
+        if (current.kind == "batch") != (kind == "batch") and not replay:
+            # Rows of a DataFrame and the items of a map have different shapes: one stream would mix them.
+            raise FunctionRejected(
+                f"{output!r} is written by a {current.kind} function; switching it to a {kind} function would "
+                "mix two shapes of items in one stream: replay it into a new generation (--replay, "
+                "replay=True) or choose another output name")
     else:
         try:
             produced = open_stream(fabric, output)

@@ -78,8 +78,8 @@ def from_iterable(items: Iterable[Any], name: str, *, fabric: FabricClient, rate
         except BaseException as exc:  # reported by ReplayedStream.wait_closed, never lost
             handle.error = exc
             # Nobody may be waiting on the handle: say it where the notebook (or terminal) shows it.
-            print(f"perper_lab: replaying into {name!r} failed: {exc}. The stream stays open with what was "
-                  "written; delete it (perper_lab.delete(name)) and replay again.", file=sys.stderr)
+            print(f"perper_lab: replaying into {name!r} failed: {str(exc).rstrip('.')}. The stream stays open "
+                  "with what was written; delete it (perper_lab.delete(name)) and replay again.", file=sys.stderr)
         finally:
             _running.discard(handle)
 
