@@ -187,3 +187,24 @@ def test_embedded_fabric_without_java_says_so_in_one_line(monkeypatch, tmp_path)
     embedded = EmbeddedFabric(tmp_path / "embedded")
     with pytest.raises(perper_lab.PerperError, match="did not start: Java was not found"):
         embedded.attach(timeout=60)
+
+
+def test_a_view_whose_fabric_goes_down_says_so_and_stops_claiming_live(tmp_path):
+    from perper_lab.fabric.client import FabricClient
+    from perper_lab.fabric.launcher import start_on_free_ports
+    from perper_lab.streams import create_stream
+
+    local = start_on_free_ports(tmp_path / "fabric")
+    try:
+        with FabricClient(local.address, timeout=5.0) as own:
+            stream = create_stream(own, "watched")
+            stream.append(1, 2, 3)
+            view = StreamView(stream)
+            wait_until(lambda: "items: <b>3</b>" in view.counters.value)
+            local.stop()
+            wait_until(lambda: not view.running, timeout=60)
+    finally:
+        local.stop()
+    assert "view stopped: " in view.title.value
+    assert view.counters.value.startswith("<i>as last seen:</i>")
+    assert "live" not in view.counters.value

@@ -141,6 +141,8 @@ class StreamView(widgets.VBox):
         except PerperError as exc:
             self.title.value = (f"<b>{html.escape(self.stream.name)}</b> &nbsp;"
                                 f"<i>view stopped: {html.escape(str(exc))}</i>")
+            if self.counters.value:  # the last figures seen, not the state now
+                self.counters.value = f"<i>as last seen:</i> {self.counters.value.replace('live', 'unknown')}"
 
     def _show_table(self, frame: pd.DataFrame) -> None:
         self.table.outputs = (_display_data(frame),)
