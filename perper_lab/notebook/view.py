@@ -76,7 +76,6 @@ class StreamView(widgets.VBox):
             widget.add_class(f"perper-{name}")
         self._stop = threading.Event()
         self.updates = 0
-        self.updates_with_items = 0
         self._thread = threading.Thread(target=self._pump, name=f"perper-view-{stream.name}", daemon=True)
         self._thread.start()
 
@@ -101,6 +100,7 @@ class StreamView(widgets.VBox):
         started = time.monotonic()
         previous: tuple[float, int, int] | None = None  # when, output items, input items
         last_table = 0.0
+        shown_items = False
         try:
             # pyignite clients are not thread-safe: the pump has its own connection.
             with FabricClient(self.stream.fabric.address, timeout=self.stream.fabric.timeout) as fabric:
@@ -113,7 +113,7 @@ class StreamView(widgets.VBox):
                     closed = all(h.closed for h in heads)
                     progress = api.function_progress(stream.producer, fabric) if stream.producer else None
                     offered = progress["offered"] if progress else 0
-                    error_count = progress["errors"] if progress else errors.count() if errors else 0
+                    error_count = progress["errors"] if progress else 0
                     elapsed = now - previous[0] if previous else 0.0
                     rate = (count - previous[1]) / elapsed if previous else 0.0
                     input_rate = (offered - previous[2]) / elapsed if previous else 0.0
@@ -122,7 +122,7 @@ class StreamView(widgets.VBox):
                                        rollover=int(CHART_SECONDS / self.period))
                     with self.counters.hold_sync():
                         self.counters.value = _counters_html(count, rate, error_count, closed, progress, input_rate)
-                    if closed or now - last_table >= 1.0 or (count and not self.updates_with_items):
+                    if closed or now - last_table >= 1.0 or (count and not shown_items):
                         self._show_table(stream.tail(self.rows))
                         if errors and error_count:
                             self._show_last_error(errors.tail(1))
@@ -132,7 +132,7 @@ class StreamView(widgets.VBox):
                     self.title.value = f"<b>{html.escape(stream.name)}</b> &nbsp;" + (
                         "<i>closed</i>" if closed else f"<i>{ended}</i>" if ended else "<i>live</i>")
                     self.updates += 1
-                    self.updates_with_items += bool(count)
+                    shown_items = shown_items or bool(count)
                     if closed or ended:
                         return
                     # Quick refreshes until the first items show, so a new cell answers within a fraction
